@@ -1,0 +1,436 @@
+/* api.c - request validation for /chat and /status. No I/O here.
+ *
+ * Every refusal names the problem in plain words; the caller turns
+ * (status, message) into a JSON error body.
+ */
+#include "api.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "form.h"
+#include "utf8.h"
+
+enum api_route api_route(const char *path)
+{
+    if (!path)
+        return ROUTE_NOT_FOUND;
+    if (strcmp(path, "/chat") == 0)
+        return ROUTE_CHAT;
+    if (strcmp(path, "/status") == 0 || strcmp(path, "/ws") == 0)
+        return ROUTE_STATUS;
+    if (strcmp(path, "/healthz") == 0)
+        return ROUTE_HEALTHZ;
+    return ROUTE_NOT_FOUND;
+}
+
+const char *api_status_text(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 426: return "Upgrade Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}
+
+static bool channel_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '_' || c == '.' || c == ':' || c == '-';
+}
+
+bool api_channel_valid(const char *s, size_t n)
+{
+    if (n < 1 || n > PW_CHANNEL_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!channel_char((unsigned char)s[i]))
+            return false;
+    return true;
+}
+
+static int fail(api_error *err, int status, const char *msg)
+{
+    err->status = status;
+    err->message = msg;
+    err->allow = NULL;
+    return -1;
+}
+
+/* Set channel from a (decoded) value; a second, different value is an error. */
+static int set_channel(char *channel, bool *have, const char *v, size_t n, api_error *err)
+{
+    if (!api_channel_valid(v, n))
+        return fail(err, 400, "invalid channel: use 1-64 characters of A-Z a-z 0-9 _ . : -");
+    if (*have && (strlen(channel) != n || memcmp(channel, v, n) != 0))
+        return fail(err, 400, "two different channel values");
+    memcpy(channel, v, n);
+    channel[n] = '\0';
+    *have = true;
+    return 0;
+}
+
+/* Decode one query/form value into a bounded stack buffer. */
+static int decode_small(const char *v, size_t vlen, char *out, size_t cap, size_t *outlen)
+{
+    if (vlen > cap * 3)
+        return -1;
+    char tmp[PW_CHANNEL_MAX * 3 + 8];
+    if (vlen > sizeof tmp)
+        return -1;
+    ssize_t n = form_decode(v, vlen, tmp);
+    if (n < 0 || (size_t)n > cap)
+        return -1;
+    memcpy(out, tmp, (size_t)n);
+    *outlen = (size_t)n;
+    return 0;
+}
+
+static int query_channel(const char *query, char *channel, bool *have, api_error *err)
+{
+    if (!query)
+        return 0;
+    form_iter it;
+    const char *k, *v;
+    size_t kl, vl;
+    form_iter_init(&it, query, strlen(query));
+    while (form_next(&it, &k, &kl, &v, &vl)) {
+        if (!form_key_is(k, kl, "channel"))
+            continue;
+        char val[PW_CHANNEL_MAX + 1];
+        size_t n;
+        if (decode_small(v, vl, val, PW_CHANNEL_MAX, &n) < 0)
+            return fail(err, 400, "invalid channel: use 1-64 characters of A-Z a-z 0-9 _ . : -");
+        if (set_channel(channel, have, val, n, err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Media type check: "type/subtype" optionally followed by parameters, of
+ * which only charset=utf-8 is accepted. Returns 1 form, 2 json, 0 other,
+ * -1 unsupported charset. */
+static int media_type(const char *ct)
+{
+    if (!ct)
+        return 0;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    size_t n = strcspn(ct, "; \t");
+    int kind = 0;
+    if (n == 33 && strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0)
+        kind = 1;
+    else if (n == 16 && strncasecmp(ct, "application/json", 16) == 0)
+        kind = 2;
+    else
+        return 0;
+    const char *p = ct + n;
+    while (*p) {
+        while (*p == ' ' || *p == '\t' || *p == ';')
+            p++;
+        if (!*p)
+            break;
+        size_t plen = strcspn(p, ";");
+        const char *val = NULL;
+        if (plen >= 8 && strncasecmp(p, "charset=", 8) == 0)
+            val = p + 8;
+        if (!val)
+            return -1;
+        size_t vlen = plen - 8;
+        while (vlen && (val[vlen - 1] == ' ' || val[vlen - 1] == '\t'))
+            vlen--;
+        if (vlen >= 2 && val[0] == '"' && val[vlen - 1] == '"')
+            val++, vlen -= 2;
+        if (!((vlen == 5 && strncasecmp(val, "utf-8", 5) == 0) ||
+              (vlen == 4 && strncasecmp(val, "utf8", 4) == 0)))
+            return -1;
+        p += plen;
+    }
+    return kind;
+}
+
+static int check_content(const char *s, size_t n, const api_limits *lim, api_error *err)
+{
+    if (n > lim->max_content)
+        return fail(err, 413, "content too large");
+    if (memchr(s, '\0', n))
+        return fail(err, 400, "content contains a NUL character");
+    if (!utf8_valid((const uint8_t *)s, n))
+        return fail(err, 400, "content is not valid UTF-8");
+    return 0;
+}
+
+static int parse_form_body(const api_http *in, const api_limits *lim, api_publish *out,
+                           bool *have_channel, api_error *err)
+{
+    form_iter it;
+    const char *k, *v;
+    size_t kl, vl;
+    bool have_content = false;
+    form_iter_init(&it, in->body ? in->body : "", in->body_len);
+    while (form_next(&it, &k, &kl, &v, &vl)) {
+        if (form_key_is(k, kl, "content")) {
+            if (have_content)
+                return fail(err, 400, "content given twice");
+            /* Cheap early refusal before decoding: every decoded byte needs
+             * at least one and at most three encoded bytes. */
+            if (vl / 3 > lim->max_content)
+                return fail(err, 413, "content too large");
+            out->content = xmalloc(vl + 1);
+            ssize_t n = form_decode(v, vl, out->content);
+            if (n < 0)
+                return fail(err, 400, "malformed percent-encoding in content");
+            out->content[n] = '\0';
+            out->content_len = (size_t)n;
+            have_content = true;
+            if (check_content(out->content, out->content_len, lim, err) < 0)
+                return -1;
+        } else if (form_key_is(k, kl, "channel")) {
+            char val[PW_CHANNEL_MAX + 1];
+            size_t n;
+            if (decode_small(v, vl, val, PW_CHANNEL_MAX, &n) < 0)
+                return fail(err, 400,
+                            "invalid channel: use 1-64 characters of A-Z a-z 0-9 _ . : -");
+            if (set_channel(out->channel, have_channel, val, n, err) < 0)
+                return -1;
+        }
+    }
+    if (!have_content)
+        return fail(err, 400, "missing field: content");
+    return 0;
+}
+
+static int parse_json_body(const api_http *in, const api_limits *lim, api_publish *out,
+                           bool *have_channel, api_error *err)
+{
+    json_error_t jerr;
+    /* jansson refuses invalid UTF-8, "\u0000" (without JSON_ALLOW_NUL) and
+     * lone surrogates: exactly what cannot be carried faithfully. */
+    json_t *root = json_loadb(in->body ? in->body : "", in->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return fail(err, 400, "body is not valid JSON (or contains NUL or invalid Unicode)");
+    int rc = -1;
+    if (!json_is_object(root)) {
+        fail(err, 400, "JSON body must be an object");
+        goto out;
+    }
+    json_t *content = json_object_get(root, "content");
+    if (!content) {
+        fail(err, 400, "missing field: content");
+        goto out;
+    }
+    if (!json_is_string(content)) {
+        fail(err, 400, "content must be a string");
+        goto out;
+    }
+    json_t *ch = json_object_get(root, "channel");
+    if (ch) {
+        if (!json_is_string(ch)) {
+            fail(err, 400, "channel must be a string");
+            goto out;
+        }
+        if (set_channel(out->channel, have_channel, json_string_value(ch), json_string_length(ch),
+                        err) < 0)
+            goto out;
+    }
+    size_t n = json_string_length(content);
+    if (check_content(json_string_value(content), n, lim, err) < 0)
+        goto out;
+    out->content = xstrndup(json_string_value(content), n);
+    out->content_len = n;
+    rc = 0;
+out:
+    json_decref(root);
+    return rc;
+}
+
+static bool idem_key_valid(const char *k)
+{
+    size_t n = strlen(k);
+    if (n < 1 || n > PW_IDEM_KEY_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)k[i] < 0x21 || (unsigned char)k[i] > 0x7e)
+            return false;
+    return true;
+}
+
+int api_parse_publish(const api_http *in, const api_limits *lim, api_publish *out,
+                      api_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (!in->method || strcmp(in->method, "POST") != 0) {
+        fail(err, 405, "method not allowed: use POST");
+        err->allow = "POST";
+        return -1;
+    }
+    bool have_channel = false;
+    if (query_channel(in->query, out->channel, &have_channel, err) < 0)
+        return -1;
+    if (in->idempotency_key && in->idempotency_key[0]) {
+        if (!idem_key_valid(in->idempotency_key))
+            return fail(err, 400, "invalid Idempotency-Key: 1-128 visible ASCII characters");
+        strcpy(out->idem_key, in->idempotency_key);
+    }
+    int kind = media_type(in->content_type);
+    int rc;
+    if (kind == 1)
+        rc = parse_form_body(in, lim, out, &have_channel, err);
+    else if (kind == 2)
+        rc = parse_json_body(in, lim, out, &have_channel, err);
+    else if (kind < 0)
+        rc = fail(err, 415, "unsupported charset: only utf-8");
+    else
+        rc = fail(err, 415,
+                  "unsupported Content-Type: use application/x-www-form-urlencoded or "
+                  "application/json");
+    if (rc < 0) {
+        api_publish_free(out);
+        return -1;
+    }
+    if (!have_channel)
+        strcpy(out->channel, "default");
+    return 0;
+}
+
+void api_publish_free(api_publish *p)
+{
+    free(p->content);
+    p->content = NULL;
+    p->content_len = 0;
+}
+
+static bool epoch_valid(const char *s, size_t n)
+{
+    /* Epochs are opaque to clients but made by us from this alphabet; a
+     * longer or stranger one cannot be current, yet it is refused rather
+     * than treated as a reset so that garbage is reported as such. */
+    return api_channel_valid(s, n);
+}
+
+static bool accepts_event_stream(const char *accept)
+{
+    if (!accept)
+        return false;
+    const char *p = accept;
+    while (*p) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ",;");
+        size_t t = n;
+        while (t && (p[t - 1] == ' ' || p[t - 1] == '\t'))
+            t--;
+        if (t == 17 && strncasecmp(p, "text/event-stream", 17) == 0)
+            return true;
+        p += strcspn(p, ",");
+    }
+    return false;
+}
+
+int api_parse_poll(const api_http *in, const api_limits *lim, api_poll *out, api_error *err)
+{
+    memset(out, 0, sizeof *out);
+    out->timeout = lim->default_timeout;
+    if (!in->method || (strcmp(in->method, "GET") != 0 && strcmp(in->method, "HEAD") != 0)) {
+        fail(err, 405, "method not allowed: use GET");
+        err->allow = "GET";
+        return -1;
+    }
+    bool have_channel = false, have_epoch = false, have_timeout = false;
+    form_iter it;
+    const char *k, *v;
+    size_t kl, vl;
+    const char *q = in->query ? in->query : "";
+    form_iter_init(&it, q, strlen(q));
+    while (form_next(&it, &k, &kl, &v, &vl)) {
+        char val[PW_CHANNEL_MAX + 1];
+        size_t n;
+        if (form_key_is(k, kl, "channel")) {
+            if (decode_small(v, vl, val, PW_CHANNEL_MAX, &n) < 0)
+                return fail(err, 400,
+                            "invalid channel: use 1-64 characters of A-Z a-z 0-9 _ . : -");
+            if (set_channel(out->channel, &have_channel, val, n, err) < 0)
+                return -1;
+        } else if (form_key_is(k, kl, "since")) {
+            uint64_t s;
+            if (decode_small(v, vl, val, 20, &n) < 0 || env_parse_u64(val, n, &s) < 0)
+                return fail(err, 400, "invalid since: a message id (decimal integer)");
+            if (out->has_since && s != out->since)
+                return fail(err, 400, "two different since values");
+            out->has_since = true;
+            out->since = s;
+        } else if (form_key_is(k, kl, "epoch")) {
+            if (decode_small(v, vl, val, PW_EPOCH_MAX, &n) < 0 || !epoch_valid(val, n))
+                return fail(err, 400, "invalid epoch");
+            if (have_epoch && (strlen(out->epoch) != n || memcmp(out->epoch, val, n) != 0))
+                return fail(err, 400, "two different epoch values");
+            memcpy(out->epoch, val, n);
+            out->epoch[n] = '\0';
+            have_epoch = true;
+        } else if (form_key_is(k, kl, "timeout")) {
+            uint64_t t;
+            if (decode_small(v, vl, val, 20, &n) < 0 || env_parse_u64(val, n, &t) < 0)
+                return fail(err, 400, "invalid timeout: whole seconds");
+            if (have_timeout && t != out->timeout)
+                return fail(err, 400, "two different timeout values");
+            have_timeout = true;
+            out->timeout = t > lim->max_timeout ? lim->max_timeout : (unsigned)t;
+        }
+    }
+    if (!have_channel)
+        strcpy(out->channel, "default");
+    out->event_stream = accepts_event_stream(in->accept);
+    if (out->event_stream && !out->has_since && in->last_event_id && in->last_event_id[0]) {
+        /* Last-Event-ID is "EPOCH:ID" as we send it; a malformed one is
+         * ignored as browsers resend whatever they last saw. */
+        const char *lei = in->last_event_id;
+        const char *colon = strrchr(lei, ':');
+        uint64_t s;
+        if (colon && env_parse_u64(colon + 1, strlen(colon + 1), &s) == 0) {
+            size_t el = (size_t)(colon - lei);
+            if (!have_epoch && el && el <= PW_EPOCH_MAX && epoch_valid(lei, el)) {
+                memcpy(out->epoch, lei, el);
+                out->epoch[el] = '\0';
+            }
+            out->has_since = true;
+            out->since = s;
+        }
+    }
+    return 0;
+}
+
+int api_check_publish_auth(const char *authorization, const char *token, api_error *err)
+{
+    if (!token || !token[0])
+        return 0;
+    if (!authorization || !authorization[0])
+        return fail(err, 401, "publishing requires Authorization: Bearer <token>");
+    if (strncasecmp(authorization, "Bearer ", 7) != 0)
+        return fail(err, 401, "publishing requires Authorization: Bearer <token>");
+    const char *given = authorization + 7;
+    while (*given == ' ')
+        given++;
+    /* Constant-time comparison over the expected length. */
+    size_t tl = strlen(token), gl = strlen(given);
+    unsigned char diff = (unsigned char)(tl != gl);
+    for (size_t i = 0; i < tl; i++)
+        diff |= (unsigned char)(token[i] ^ (i < gl ? given[i] : 0));
+    if (diff)
+        return fail(err, 403, "wrong publish token");
+    return 0;
+}

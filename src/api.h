@@ -1,0 +1,86 @@
+/* api.h - the HTTP API's request rules: routing, parameters, bodies, limits.
+ *
+ * Pure functions: they take the request's method, path, query, headers and
+ * body as bytes and return a typed request or an (HTTP status, message) pair.
+ * No I/O and no Redis here; the transports (FastCGI worker, relay) call this.
+ */
+#ifndef PW_API_H
+#define PW_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "envelope.h"
+
+#define PW_IDEM_KEY_MAX 128
+
+enum api_route { ROUTE_CHAT, ROUTE_STATUS, ROUTE_HEALTHZ, ROUTE_NOT_FOUND };
+
+/* The parts of an HTTP request the API looks at. Missing ones are NULL. */
+typedef struct api_http {
+    const char *method;
+    const char *path; /* without the query */
+    const char *query;
+    const char *content_type;
+    const char *accept;
+    const char *idempotency_key;
+    const char *authorization;
+    const char *last_event_id;
+    const char *body;
+    size_t body_len;
+} api_http;
+
+typedef struct api_limits {
+    size_t max_content;       /* decoded content bytes (default 65536) */
+    unsigned default_timeout; /* seconds */
+    unsigned max_timeout;     /* seconds */
+} api_limits;
+
+typedef struct api_error {
+    int status;          /* 400, 401, 403, 405, 413, 415 */
+    const char *message; /* static string */
+    const char *allow;   /* for 405: the Allow header value */
+} api_error;
+
+typedef struct api_publish {
+    char channel[PW_CHANNEL_MAX + 1];
+    char *content; /* decoded, malloc'ed, owned by the struct: api_publish_free */
+    size_t content_len;
+    char idem_key[PW_IDEM_KEY_MAX + 1]; /* "" when absent */
+} api_publish;
+
+typedef struct api_poll {
+    char channel[PW_CHANNEL_MAX + 1];
+    bool has_since;
+    uint64_t since;
+    char epoch[PW_EPOCH_MAX + 1]; /* "" when absent */
+    unsigned timeout;             /* seconds, already capped */
+    bool event_stream;            /* Accept: text/event-stream */
+} api_poll;
+
+enum api_route api_route(const char *path);
+
+/* Reason phrase for the statuses this system sends ("OK", "Not Found"...). */
+const char *api_status_text(int status);
+
+/* True when s[0..n) is a valid channel name: [A-Za-z0-9_.:-]{1,64}. */
+bool api_channel_valid(const char *s, size_t n);
+
+/* Check method and everything about a publish. On success returns 0 and
+ * fills *out (call api_publish_free later); on failure returns -1 with *err
+ * set and nothing to free. */
+int api_parse_publish(const api_http *in, const api_limits *lim, api_publish *out,
+                      api_error *err);
+void api_publish_free(api_publish *p);
+
+/* Check method and parameters of GET /status (long-poll or EventSource).
+ * For EventSource, Last-Event-ID "EPOCH:ID" stands for epoch and since when
+ * the query does not give them. Returns 0, or -1 with *err set. */
+int api_parse_poll(const api_http *in, const api_limits *lim, api_poll *out, api_error *err);
+
+/* Publishing restricted by a shared token: NULL/"" token means open.
+ * Returns 0 when allowed, else -1 with 401 (no credential) or 403 (wrong). */
+int api_check_publish_auth(const char *authorization, const char *token, api_error *err);
+
+#endif

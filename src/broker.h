@@ -1,0 +1,112 @@
+/* broker.h - everything this process says to Redis: two hiredis async
+ * connections (commands, pub/sub) on the loop, the Lua scripts that assign
+ * ids, store history and publish in one atomic step, restart detection for
+ * the epoch, heartbeats, timeouts and reconnects.
+ *
+ * It knows nothing of HTTP or WebSocket; hub.c decides what to ask.
+ */
+#ifndef PW_BROKER_H
+#define PW_BROKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "envelope.h"
+#include "loop.h"
+#include "redis_url.h"
+
+typedef struct broker broker;
+
+typedef struct broker_config {
+    redis_url url;
+    const char *prefix;     /* key and channel prefix, e.g. "pw:" */
+    unsigned timeout_ms;    /* a command unanswered this long means Redis is stalled */
+    unsigned history;       /* messages kept per channel */
+    unsigned history_ttl;   /* seconds an idle channel is kept */
+    unsigned idem_ttl;      /* seconds an Idempotency-Key is remembered */
+    unsigned heartbeat_ms;  /* heartbeat key refresh and pub/sub liveness probe */
+    const char *proc_kind;  /* "worker" or "relay": heartbeat key namespace */
+    const char *proc_id;    /* unique per process, e.g. "host:pid" */
+} broker_config;
+
+/* Connection events, delivered from the loop. None of them may free the
+ * broker. */
+typedef struct broker_hooks {
+    void *ctx;
+    void (*cmd_up)(void *ctx);   /* commands can be sent (scripts loaded) */
+    void (*cmd_down)(void *ctx); /* command connection lost; pending ops got errors */
+    void (*sub_up)(void *ctx);   /* pub/sub connection ready: (re)subscribe now */
+    void (*sub_down)(void *ctx); /* every subscription is gone */
+    void (*subscribed)(void *ctx, const char *channel);
+    void (*message)(void *ctx, const char *channel, const char *payload, size_t len);
+} broker_hooks;
+
+enum { BROKER_OK = 0, BROKER_EUNAVAIL = 1, BROKER_EREDIS = 2 };
+
+typedef struct broker_stats {
+    uint64_t cmd_connects, sub_connects;
+    uint64_t cmd_failures; /* connect failures, timeouts, drops */
+    uint64_t sub_failures;
+    uint64_t timeouts;     /* stalls detected by the watchdog */
+    uint64_t publishes, publish_errors, reads, read_errors;
+    uint64_t pubsub_messages;
+} broker_stats;
+
+/* The broker copies cfg (strings must outlive it) and hooks. */
+broker *broker_new(loop *l, const broker_config *cfg, const broker_hooks *hooks);
+/* Connect both connections (asynchronously; retried with backoff forever). */
+void broker_start(broker *b);
+/* Close connections; pending callbacks run with BROKER_EUNAVAIL first. */
+void broker_free(broker *b);
+
+bool broker_cmd_ready(const broker *b);
+bool broker_sub_ready(const broker *b);
+const broker_stats *broker_get_stats(const broker *b);
+/* Milliseconds until the next connection attempt, for Retry-After. */
+unsigned broker_retry_after_ms(const broker *b);
+
+/* Ask for the channel's messages. Returns 0 when sent, -1 when the
+ * connection is not ready (nothing sent). No confirmation callback: the
+ * subscribed hook reports it. */
+int broker_subscribe(broker *b, const char *channel);
+int broker_unsubscribe(broker *b, const char *channel);
+
+typedef struct broker_pub_result {
+    int err;              /* BROKER_OK / BROKER_EUNAVAIL / BROKER_EREDIS */
+    const char *errmsg;   /* for logs, valid during the callback */
+    char epoch[PW_EPOCH_MAX + 1];
+    uint64_t id;
+    bool duplicate;       /* an earlier publish with the same Idempotency-Key */
+} broker_pub_result;
+typedef void broker_pub_cb(void *arg, const broker_pub_result *r);
+
+/* Store and publish json (a JSON string literal) on channel. idem_key may be
+ * NULL. Returns 0 when sent: cb then runs exactly once, from the loop, never
+ * before broker_publish returns. Returns -1 when not ready: cb never runs. */
+int broker_publish(broker *b, const char *channel, const char *json, size_t json_len,
+                   const char *idem_key, broker_pub_cb *cb, void *arg);
+
+typedef struct broker_read_result {
+    int err;
+    const char *errmsg;
+    char epoch[PW_EPOCH_MAX + 1];
+    uint64_t newest;      /* newest id of the channel (0: none) */
+    bool reset;           /* the caller's since/epoch cannot be brought up to date */
+    bool more;            /* entries stop short of newest because of the byte budget */
+    pw_msg *newest_msg;   /* NULL when the channel has no retained message */
+    pw_msg *entries;      /* contiguous, oldest first; id > since (or the retained history on reset) */
+    size_t n;
+} broker_read_result;
+/* The result and its messages live until the callback returns; keep json
+ * with rbuf_ref. */
+typedef void broker_read_cb(void *arg, const broker_read_result *r);
+
+/* Read the channel's state and, when has_since, the messages after since
+ * (at most budget bytes of content, at least one). epoch may be "" (none).
+ * Creates the channel's epoch if it has none. Same return and callback rules
+ * as broker_publish. */
+int broker_read(broker *b, const char *channel, bool has_since, uint64_t since, const char *epoch,
+                size_t budget, broker_read_cb *cb, void *arg);
+
+#endif

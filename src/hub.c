@@ -1,0 +1,788 @@
+/* hub.c - per-channel subscription, sync and delivery logic.
+ *
+ * Channel life: UNSUB -> SUBSCRIBING -> SUBSCRIBED; once subscribed, a
+ * "sync" read fetches (epoch, newest id, newest message) and from then on the
+ * channel is synced: pub/sub messages extend a contiguous ring. Any doubt (a
+ * lost pub/sub connection, a gap, another epoch) un-syncs the channel and
+ * every subscriber waits for the next sync, which re-reads from Redis.
+ * No socket I/O here.
+ */
+#include "hub.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "log.h"
+
+#define RING_MAX    64  /* messages kept per channel */
+#define PENDING_MAX 256 /* pub/sub messages buffered while a sync read runs */
+
+enum ch_sub_state { CH_UNSUB, CH_SUBSCRIBING, CH_SUBSCRIBED };
+
+/* A pub/sub message that arrived while the channel's sync read ran. */
+typedef struct pending_msg {
+    pw_msg m;
+    char epoch[PW_EPOCH_MAX + 1];
+} pending_msg;
+
+struct hub_read {
+    hub *h;
+    hub_channel *ch;
+    hub_read *next; /* in the channel's list of reads */
+    hub_sub *subs;  /* waiting subscribers (op list) */
+    bool sync;      /* the channel's sync read (no subscribers) */
+    bool has_since;
+    uint64_t since;
+    char epoch[PW_EPOCH_MAX + 1];
+    uint64_t gen; /* channel subscription generation when sent */
+};
+
+struct hub_channel {
+    char name[PW_CHANNEL_MAX + 1];
+    hub_channel *hnext;
+    hub *h;
+    hub_sub *subs;
+    size_t nsubs;
+    hub_read *reads;
+    uint8_t sub_state;
+    bool synced;
+    bool sync_inflight;
+    bool resync_after; /* pub/sub overflowed the pending queue during a sync */
+    uint64_t sub_gen;  /* bumped on every subscription confirmation */
+    char epoch[PW_EPOCH_MAX + 1];
+    uint64_t last_id;
+    pw_msg ring[RING_MAX];
+    size_t ring_start, ring_n, ring_bytes;
+    pending_msg *pending;
+    size_t pending_n;
+    timer linger;
+    timer retry;
+};
+
+struct hub {
+    loop *l;
+    hub_config cfg;
+    broker *b;
+    hub_channel **table;
+    size_t buckets;
+    hub_stats stats;
+};
+
+static void ch_sync(hub_channel *ch);
+static void sub_process(hub *h, hub_sub *s);
+static void ch_process_waiting(hub_channel *ch);
+
+/* ---- channel table ------------------------------------------------------ */
+
+static size_t name_hash(const char *s)
+{
+    size_t x = 1469598103934665603ULL;
+    while (*s)
+        x = (x ^ (unsigned char)*s++) * 1099511628211ULL;
+    return x;
+}
+
+static hub_channel *ch_find(hub *h, const char *name)
+{
+    for (hub_channel *c = h->table[name_hash(name) & (h->buckets - 1)]; c; c = c->hnext)
+        if (strcmp(c->name, name) == 0)
+            return c;
+    return NULL;
+}
+
+static void table_grow(hub *h)
+{
+    size_t nb = h->buckets * 2;
+    hub_channel **t = xcalloc(nb, sizeof *t);
+    for (size_t i = 0; i < h->buckets; i++) {
+        for (hub_channel *c = h->table[i], *next; c; c = next) {
+            next = c->hnext;
+            size_t j = name_hash(c->name) & (nb - 1);
+            c->hnext = t[j];
+            t[j] = c;
+        }
+    }
+    free(h->table);
+    h->table = t;
+    h->buckets = nb;
+}
+
+static void linger_cb(loop *l, timer *t);
+static void retry_cb(loop *l, timer *t);
+
+static hub_channel *ch_get(hub *h, const char *name)
+{
+    hub_channel *c = ch_find(h, name);
+    if (c)
+        return c;
+    if (h->stats.channels + 1 > h->buckets)
+        table_grow(h);
+    c = xcalloc(1, sizeof *c);
+    snprintf(c->name, sizeof c->name, "%s", name);
+    c->h = h;
+    c->linger.cb = linger_cb;
+    c->retry.cb = retry_cb;
+    size_t j = name_hash(name) & (h->buckets - 1);
+    c->hnext = h->table[j];
+    h->table[j] = c;
+    h->stats.channels++;
+    return c;
+}
+
+static void ring_clear(hub_channel *ch)
+{
+    for (size_t i = 0; i < ch->ring_n; i++)
+        rbuf_unref(ch->ring[(ch->ring_start + i) % RING_MAX].json);
+    ch->ring_start = ch->ring_n = ch->ring_bytes = 0;
+}
+
+static void pending_clear(hub_channel *ch)
+{
+    for (size_t i = 0; i < ch->pending_n; i++)
+        rbuf_unref(ch->pending[i].m.json);
+    free(ch->pending);
+    ch->pending = NULL;
+    ch->pending_n = 0;
+}
+
+static void ch_free(hub_channel *ch)
+{
+    hub *h = ch->h;
+    hub_channel **pp = &h->table[name_hash(ch->name) & (h->buckets - 1)];
+    while (*pp != ch)
+        pp = &(*pp)->hnext;
+    *pp = ch->hnext;
+    timer_stop(h->l, &ch->linger);
+    timer_stop(h->l, &ch->retry);
+    ring_clear(ch);
+    pending_clear(ch);
+    h->stats.channels--;
+    free(ch);
+}
+
+static void linger_cb(loop *l, timer *t)
+{
+    hub_channel *ch = (hub_channel *)((char *)t - offsetof(hub_channel, linger));
+    if (ch->nsubs)
+        return;
+    if (ch->reads) { /* a read still refers to the channel */
+        timer_start(l, t, 1000);
+        return;
+    }
+    if (ch->sub_state != CH_UNSUB)
+        broker_unsubscribe(ch->h->b, ch->name);
+    ch_free(ch);
+}
+
+static void retry_cb(loop *l, timer *t)
+{
+    (void)l;
+    hub_channel *ch = (hub_channel *)((char *)t - offsetof(hub_channel, retry));
+    if (ch->synced)
+        ch_process_waiting(ch);
+    else
+        ch_sync(ch);
+}
+
+/* ---- subscriber lists ------------------------------------------------------ */
+
+static void sub_link(hub_channel *ch, hub_sub *s)
+{
+    s->ch = ch;
+    s->prev = NULL;
+    s->next = ch->subs;
+    if (ch->subs)
+        ch->subs->prev = s;
+    ch->subs = s;
+    ch->nsubs++;
+    ch->h->stats.subs++;
+    timer_stop(ch->h->l, &ch->linger);
+}
+
+static void op_unlink(hub_sub *s)
+{
+    hub_read *op = s->op;
+    if (!op)
+        return;
+    if (s->op_prev)
+        s->op_prev->op_next = s->op_next;
+    else
+        op->subs = s->op_next;
+    if (s->op_next)
+        s->op_next->op_prev = s->op_prev;
+    s->op = NULL;
+    s->op_prev = s->op_next = NULL;
+}
+
+static void set_state(hub *h, hub_sub *s, uint8_t st)
+{
+    if (s->state == SUB_PARKED)
+        h->stats.parked--;
+    if (st == SUB_PARKED)
+        h->stats.parked++;
+    s->state = st;
+}
+
+static void sub_unlink(hub_sub *s)
+{
+    hub_channel *ch = s->ch;
+    if (!ch)
+        return;
+    hub *h = ch->h;
+    op_unlink(s);
+    set_state(h, s, SUB_DETACHED);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        ch->subs = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    s->ch = NULL;
+    ch->nsubs--;
+    h->stats.subs--;
+    if (!ch->nsubs)
+        timer_start(h->l, &ch->linger, h->cfg.linger_ms);
+}
+
+/* ---- delivery ------------------------------------------------------------------ */
+
+static void batch_done(hub_batch *b)
+{
+    if (b->cache && b->cache_free)
+        b->cache_free(b->cache);
+    b->cache = NULL;
+}
+
+/* Hand b to s and advance s. One-shot subscribers are detached first. */
+static void deliver(hub *h, hub_sub *s, hub_batch *b)
+{
+    h->stats.batches++;
+    h->stats.messages_out += b->n;
+    if (!s->persistent) {
+        sub_unlink(s);
+        s->ops->deliver(s, b);
+        return;
+    }
+    s->since = b->n ? b->msgs[b->n - 1]->id : b->newest_id;
+    s->has_since = true;
+    snprintf(s->epoch, sizeof s->epoch, "%s", b->epoch);
+    set_state(h, s, b->more ? SUB_PAUSED : SUB_WAIT);
+    s->ops->deliver(s, b);
+}
+
+static void park(hub *h, hub_sub *s)
+{
+    if (!s->epoch[0])
+        snprintf(s->epoch, sizeof s->epoch, "%s", s->ch->epoch);
+    set_state(h, s, SUB_PARKED);
+    if (s->ops->parked)
+        s->ops->parked(s);
+}
+
+static pw_msg *ring_at(hub_channel *ch, size_t i) { return &ch->ring[(ch->ring_start + i) % RING_MAX]; }
+
+static uint64_t ring_first(hub_channel *ch) { return ch->ring_n ? ring_at(ch, 0)->id : 0; }
+
+static void ring_push(hub *h, hub_channel *ch, const pw_msg *m)
+{
+    while (ch->ring_n && (ch->ring_n == RING_MAX || ch->ring_bytes + m->json->len > h->cfg.ring_bytes)) {
+        pw_msg *old = ring_at(ch, 0);
+        ch->ring_bytes -= old->json->len;
+        rbuf_unref(old->json);
+        ch->ring_start = (ch->ring_start + 1) % RING_MAX;
+        ch->ring_n--;
+    }
+    pw_msg *slot = &ch->ring[(ch->ring_start + ch->ring_n) % RING_MAX];
+    *slot = *m;
+    rbuf_ref(slot->json);
+    ch->ring_n++;
+    ch->ring_bytes += m->json->len;
+}
+
+/* Deliver ring messages after s->since to s. The ring is contiguous and
+ * covers since+1 (checked by the caller). */
+static void deliver_from_ring(hub *h, hub_sub *s)
+{
+    hub_channel *ch = s->ch;
+    pw_msg *list[RING_MAX];
+    size_t n = 0;
+    for (size_t i = 0; i < ch->ring_n; i++) {
+        pw_msg *m = ring_at(ch, i);
+        if (m->id > s->since)
+            list[n++] = m;
+    }
+    hub_batch b = {.channel = ch->name, .epoch = ch->epoch, .msgs = list, .n = n};
+    deliver(h, s, &b);
+    batch_done(&b);
+}
+
+/* ---- reads ------------------------------------------------------------------------ */
+
+static void read_reply(void *arg, const broker_read_result *r);
+
+static void read_free(hub_read *op)
+{
+    hub_channel *ch = op->ch;
+    hub_read **pp = &ch->reads;
+    while (*pp && *pp != op)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = op->next;
+    free(op);
+}
+
+/* Join s to a read of (since, epoch) on its channel, sending one if none is
+ * in flight: 10,000 clients that resume from the same id cost one read. */
+static void sub_read(hub *h, hub_sub *s)
+{
+    hub_channel *ch = s->ch;
+    hub_read *op;
+    for (op = ch->reads; op; op = op->next)
+        if (!op->sync && op->has_since == s->has_since && op->since == s->since &&
+            strcmp(op->epoch, s->epoch) == 0 && op->gen == ch->sub_gen)
+            break;
+    if (!op) {
+        op = xcalloc(1, sizeof *op);
+        op->h = h;
+        op->ch = ch;
+        op->has_since = s->has_since;
+        op->since = s->since;
+        snprintf(op->epoch, sizeof op->epoch, "%s", s->epoch);
+        op->gen = ch->sub_gen;
+        if (broker_read(h->b, ch->name, op->has_since, op->since, op->epoch, h->cfg.batch_bytes,
+                        read_reply, op) < 0) {
+            free(op);
+            set_state(h, s, SUB_WAIT); /* cmd_up or the retry timer resumes it */
+            if (broker_cmd_ready(h->b))
+                timer_start(h->l, &ch->retry, 500);
+            return;
+        }
+        op->next = ch->reads;
+        ch->reads = op;
+    }
+    s->op = op;
+    s->op_prev = NULL;
+    s->op_next = op->subs;
+    if (op->subs)
+        op->subs->op_prev = s;
+    op->subs = s;
+    set_state(h, s, SUB_READING);
+}
+
+static void apply_sync(hub *h, hub_channel *ch, const broker_read_result *r);
+
+static void read_reply(void *arg, const broker_read_result *r)
+{
+    hub_read *op = arg;
+    hub *h = op->h;
+    hub_channel *ch = op->ch;
+    bool continuous = ch->sub_state == CH_SUBSCRIBED && op->gen == ch->sub_gen;
+
+    if (op->sync) {
+        ch->sync_inflight = false;
+        read_free(op);
+        if (r->err) {
+            if (broker_cmd_ready(h->b))
+                timer_start(h->l, &ch->retry, 1000);
+            return;
+        }
+        if (continuous)
+            apply_sync(h, ch, r);
+        return;
+    }
+
+    /* Detach the waiting subscribers from the op first: delivering may
+     * free them. */
+    hub_sub *list = op->subs;
+    for (hub_sub *s = list; s; s = s->op_next)
+        s->op = NULL;
+    read_free(op);
+
+    if (r->err) {
+        for (hub_sub *s = list, *next; s; s = next) {
+            next = s->op_next;
+            s->op_prev = s->op_next = NULL;
+            set_state(h, s, SUB_WAIT);
+        }
+        if (broker_cmd_ready(h->b))
+            timer_start(h->l, &ch->retry, 1000);
+        return;
+    }
+
+    pw_msg **msgs = r->n ? xmalloc(r->n * sizeof *msgs) : NULL;
+    for (size_t i = 0; i < r->n; i++)
+        msgs[i] = &r->entries[i];
+    hub_batch b = {.channel = ch->name,
+                   .epoch = r->epoch,
+                   .msgs = msgs,
+                   .n = r->n,
+                   .reset = r->reset,
+                   .more = r->more,
+                   .newest_id = r->newest,
+                   .newest_json = r->newest_msg ? r->newest_msg->json : NULL};
+    for (hub_sub *s = list, *next; s; s = next) {
+        next = s->op_next;
+        s->op_prev = s->op_next = NULL;
+        if (r->reset || r->n) {
+            bool one_shot = !s->persistent;
+            deliver(h, s, &b);
+            if (one_shot || !s->ch)
+                continue;
+            s->verified = continuous;
+            if (s->state == SUB_WAIT)
+                sub_process(h, s);
+        } else {
+            /* Up to date as of the read. Parking relies on pub/sub having
+             * been continuous since before the read was sent. */
+            if (!s->has_since) {
+                s->has_since = true;
+                s->since = r->newest;
+            }
+            snprintf(s->epoch, sizeof s->epoch, "%s", r->epoch);
+            s->verified = continuous;
+            set_state(h, s, SUB_WAIT);
+            if (continuous)
+                sub_process(h, s);
+        }
+    }
+    batch_done(&b);
+    free(msgs);
+}
+
+/* ---- channel sync ---------------------------------------------------------------- */
+
+static void ch_unsync(hub_channel *ch)
+{
+    hub *h = ch->h;
+    ch->synced = false;
+    ring_clear(ch);
+    for (hub_sub *s = ch->subs; s; s = s->next)
+        if (s->state == SUB_PARKED)
+            set_state(h, s, SUB_WAIT);
+}
+
+static void ch_sync(hub_channel *ch)
+{
+    hub *h = ch->h;
+    if (ch->sub_state != CH_SUBSCRIBED || ch->sync_inflight || ch->synced)
+        return;
+    hub_read *op = xcalloc(1, sizeof *op);
+    op->h = h;
+    op->ch = ch;
+    op->sync = true;
+    op->gen = ch->sub_gen;
+    if (broker_read(h->b, ch->name, false, 0, "", h->cfg.batch_bytes, read_reply, op) < 0) {
+        free(op);
+        return; /* cmd_up resumes */
+    }
+    op->next = ch->reads;
+    ch->reads = op;
+    ch->sync_inflight = true;
+    h->stats.resyncs++;
+}
+
+/* A live message in order: extend the ring and answer the parked. */
+static void ch_live(hub *h, hub_channel *ch, const pw_msg *m)
+{
+    ring_push(h, ch, m);
+    ch->last_id = m->id;
+    pw_msg *one = ring_at(ch, ch->ring_n - 1);
+    hub_batch b = {.channel = ch->name, .epoch = ch->epoch, .msgs = &one, .n = 1};
+    for (hub_sub *s = ch->subs, *next; s; s = next) {
+        next = s->next;
+        if (s->state != SUB_PARKED || s->since + 1 != m->id)
+            continue;
+        bool persistent = s->persistent;
+        deliver(h, s, &b);
+        if (persistent && s->ch && s->state == SUB_WAIT)
+            set_state(h, s, SUB_PARKED); /* caught up */
+    }
+    batch_done(&b);
+}
+
+/* Returns false when m breaks continuity (the channel is then un-synced and
+ * a new sync started). */
+static bool ch_accept(hub *h, hub_channel *ch, const char *epoch, const pw_msg *m)
+{
+    if (strcmp(epoch, ch->epoch) != 0 || m->id > ch->last_id + 1) {
+        log_info("channel %s: %s; resyncing from history", ch->name,
+                 strcmp(epoch, ch->epoch) != 0 ? "new epoch" : "gap in pub/sub");
+        ch_unsync(ch);
+        ch_sync(ch);
+        return false;
+    }
+    if (m->id <= ch->last_id)
+        return true; /* already known */
+    ch_live(h, ch, m);
+    return true;
+}
+
+static void apply_sync(hub *h, hub_channel *ch, const broker_read_result *r)
+{
+    ring_clear(ch);
+    snprintf(ch->epoch, sizeof ch->epoch, "%s", r->epoch);
+    ch->last_id = r->newest;
+    if (r->newest_msg)
+        ring_push(h, ch, r->newest_msg);
+    ch->synced = true;
+    /* Messages that arrived while the read ran. */
+    pending_msg *pend = ch->pending;
+    size_t pn = ch->pending_n;
+    ch->pending = NULL;
+    ch->pending_n = 0;
+    bool ok = !ch->resync_after;
+    ch->resync_after = false;
+    for (size_t i = 0; i < pn; i++) {
+        if (ok && ch->synced)
+            ok = ch_accept(h, ch, pend[i].epoch, &pend[i].m);
+        rbuf_unref(pend[i].m.json);
+    }
+    free(pend);
+    if (!ok) {
+        ch_unsync(ch);
+        ch_sync(ch);
+        return;
+    }
+    ch_process_waiting(ch);
+}
+
+static void ch_process_waiting(hub_channel *ch)
+{
+    hub *h = ch->h;
+    for (hub_sub *s = ch->subs, *next; s; s = next) {
+        next = s->next;
+        if (s->state == SUB_WAIT)
+            sub_process(h, s);
+        /* sub_process may deliver to and detach s, never next. */
+    }
+}
+
+static void ch_subscribe(hub_channel *ch)
+{
+    if (ch->sub_state != CH_UNSUB || !broker_sub_ready(ch->h->b))
+        return;
+    if (broker_subscribe(ch->h->b, ch->name) == 0)
+        ch->sub_state = CH_SUBSCRIBING;
+}
+
+/* ---- the decision for one subscriber ------------------------------------------- */
+
+static void sub_process(hub *h, hub_sub *s)
+{
+    hub_channel *ch = s->ch;
+    if (ch->sub_state != CH_SUBSCRIBED || !ch->synced) {
+        set_state(h, s, SUB_WAIT);
+        ch_subscribe(ch);
+        ch_sync(ch);
+        /* "No since" means the newest id when the request arrives, not when
+         * the channel is ready: ask Redis now (one read for all such
+         * subscribers), so a message published meanwhile is not skipped. */
+        if (!s->has_since && broker_cmd_ready(h->b))
+            sub_read(h, s);
+        return;
+    }
+    if (s->epoch[0] && strcmp(s->epoch, ch->epoch) != 0) {
+        sub_read(h, s); /* Redis decides: reset, or the epoch moved on meanwhile */
+        return;
+    }
+    if (!s->has_since) {
+        s->has_since = true;
+        s->since = ch->last_id;
+        s->verified = true;
+        park(h, s);
+        return;
+    }
+    if (s->since == ch->last_id || (s->since > ch->last_id && s->verified)) {
+        park(h, s);
+        return;
+    }
+    if (s->since < ch->last_id && ch->ring_n && ring_first(ch) <= s->since + 1) {
+        if (!s->epoch[0])
+            snprintf(s->epoch, sizeof s->epoch, "%s", ch->epoch);
+        bool persistent = s->persistent;
+        deliver_from_ring(h, s);
+        if (persistent && s->ch && s->state == SUB_WAIT)
+            sub_process(h, s);
+        return;
+    }
+    sub_read(h, s);
+}
+
+/* ---- broker hooks ------------------------------------------------------------------ */
+
+static void on_cmd_up(void *ctx)
+{
+    hub *h = ctx;
+    for (size_t i = 0; i < h->buckets; i++)
+        for (hub_channel *c = h->table[i]; c; c = c->hnext) {
+            if (c->synced)
+                ch_process_waiting(c);
+            else
+                ch_sync(c);
+        }
+}
+
+static void on_sub_up(void *ctx)
+{
+    hub *h = ctx;
+    for (size_t i = 0; i < h->buckets; i++)
+        for (hub_channel *c = h->table[i]; c; c = c->hnext)
+            if (c->nsubs)
+                ch_subscribe(c);
+}
+
+static void on_sub_down(void *ctx)
+{
+    hub *h = ctx;
+    for (size_t i = 0; i < h->buckets; i++)
+        for (hub_channel *c = h->table[i]; c; c = c->hnext) {
+            c->sub_state = CH_UNSUB;
+            pending_clear(c);
+            ch_unsync(c);
+        }
+}
+
+static void on_subscribed(void *ctx, const char *name)
+{
+    hub *h = ctx;
+    hub_channel *ch = ch_find(h, name);
+    if (!ch || ch->sub_state == CH_SUBSCRIBED)
+        return;
+    ch->sub_state = CH_SUBSCRIBED;
+    ch->sub_gen++;
+    ch_unsync(ch);
+    ch_sync(ch);
+}
+
+static void on_message(void *ctx, const char *name, const char *payload, size_t len)
+{
+    hub *h = ctx;
+    hub_channel *ch = ch_find(h, name);
+    if (!ch || ch->sub_state != CH_SUBSCRIBED)
+        return;
+    pubsub_view v;
+    if (env_pubsub_parse(payload, len, &v) < 0) {
+        log_warn("channel %s: malformed pub/sub payload dropped (%zu bytes)", name, len);
+        return;
+    }
+    h->stats.live_messages++;
+    char epoch[PW_EPOCH_MAX + 1];
+    memcpy(epoch, v.epoch, v.epoch_len);
+    epoch[v.epoch_len] = '\0';
+    pw_msg m = {.id = v.id, .time_ms = v.time_ms, .json = rbuf_new(v.json, v.json_len)};
+    if (!ch->synced) {
+        if (ch->sync_inflight) {
+            /* Kept for after the sync, which compares epochs and ids. */
+            if (ch->pending_n < PENDING_MAX) {
+                if (!ch->pending)
+                    ch->pending = xmalloc(PENDING_MAX * sizeof *ch->pending);
+                pending_msg *p = &ch->pending[ch->pending_n++];
+                p->m = m;
+                memcpy(p->epoch, epoch, sizeof epoch);
+                m.json = NULL;
+            } else {
+                ch->resync_after = true;
+            }
+        }
+        rbuf_unref(m.json);
+        return;
+    }
+    ch_accept(h, ch, epoch, &m);
+    rbuf_unref(m.json);
+}
+
+/* ---- public API ---------------------------------------------------------------------- */
+
+hub *hub_new(loop *l, const hub_config *cfg)
+{
+    hub *h = xcalloc(1, sizeof *h);
+    h->l = l;
+    h->cfg = *cfg;
+    if (h->cfg.ring_bytes > h->cfg.batch_bytes)
+        h->cfg.ring_bytes = h->cfg.batch_bytes;
+    h->buckets = 64;
+    h->table = xcalloc(h->buckets, sizeof *h->table);
+    broker_hooks hooks = {.ctx = h,
+                          .cmd_up = on_cmd_up,
+                          .sub_up = on_sub_up,
+                          .sub_down = on_sub_down,
+                          .subscribed = on_subscribed,
+                          .message = on_message};
+    h->b = broker_new(l, &cfg->broker, &hooks);
+    return h;
+}
+
+void hub_start(hub *h) { broker_start(h->b); }
+
+void hub_free(hub *h)
+{
+    if (!h)
+        return;
+    /* Reads in flight get their callbacks (with errors) while the broker
+     * closes; their channels must still exist then. */
+    broker_free(h->b);
+    for (size_t i = 0; i < h->buckets; i++)
+        while (h->table[i])
+            ch_free(h->table[i]);
+    free(h->table);
+    free(h);
+}
+
+broker *hub_broker(hub *h) { return h->b; }
+
+hub_stats hub_get_stats(const hub *h) { return h->stats; }
+
+void hub_sub_init(hub_sub *s, const hub_sub_ops *ops, bool persistent)
+{
+    memset(s, 0, sizeof *s);
+    s->ops = ops;
+    s->persistent = persistent;
+}
+
+void hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint64_t since,
+                   const char *epoch)
+{
+    hub_channel *ch = ch_get(h, channel);
+    s->has_since = has_since;
+    s->since = has_since ? since : 0;
+    s->verified = false;
+    snprintf(s->epoch, sizeof s->epoch, "%s", epoch ? epoch : "");
+    sub_link(ch, s);
+    set_state(h, s, SUB_WAIT);
+    sub_process(h, s);
+}
+
+void hub_unsubscribe(hub *h, hub_sub *s)
+{
+    (void)h;
+    sub_unlink(s);
+}
+
+void hub_sub_resume(hub *h, hub_sub *s)
+{
+    if (s->ch && s->state == SUB_PAUSED) {
+        set_state(h, s, SUB_WAIT);
+        sub_process(h, s);
+    }
+}
+
+const char *hub_sub_channel(const hub_sub *s) { return s->ch ? s->ch->name : ""; }
+
+bool hub_current(const hub_sub *s, const char **epoch, uint64_t *newest, const rbuf **newest_json)
+{
+    hub_channel *ch = s->ch;
+    if (!ch || !ch->synced)
+        return false;
+    *epoch = ch->epoch;
+    *newest = ch->last_id;
+    *newest_json = NULL;
+    if (ch->ring_n) {
+        pw_msg *m = ring_at(ch, ch->ring_n - 1);
+        if (m->id == ch->last_id)
+            *newest_json = m->json;
+    }
+    return true;
+}

@@ -1,0 +1,131 @@
+/* hub.h - channels and their subscribers inside one process: which Redis
+ * channels to follow, what each subscriber has seen, and when to answer it
+ * from memory, from history in Redis, or from the live pub/sub stream.
+ *
+ * Transport-neutral: long-poll requests, EventSource streams and WebSocket
+ * clients embed a hub_sub and receive batches through hub_sub_ops. No socket
+ * I/O here; Redis goes through broker.c.
+ *
+ * The guarantee: a subscriber is given messages since+1, since+2, ... of one
+ * epoch with no gap and no duplicate, or a batch marked reset. It holds
+ * because every batch comes either from a Redis read that starts at the
+ * subscriber's since, or from the channel's in-memory ring, which holds a
+ * contiguous run of ids that pub/sub delivered after a read established the
+ * channel's position while subscribed ("synced").
+ */
+#ifndef PW_HUB_H
+#define PW_HUB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "broker.h"
+#include "envelope.h"
+#include "loop.h"
+
+typedef struct hub hub;
+typedef struct hub_sub hub_sub;
+typedef struct hub_channel hub_channel;
+typedef struct hub_read hub_read;
+
+/* What one delivery carries. msgs are contiguous ids, oldest first; with
+ * n == 0 (a reset with nothing retained) newest_id/newest_json describe the
+ * channel. cache/cache_free are the transport's: the same batch object is
+ * handed to every subscriber that gets identical content, so the first one
+ * may store an encoding there (and its destructor) and the rest reuse it;
+ * a transport recognises its own cache by cache_free. The hub calls
+ * cache_free(cache) once the batch is done. */
+typedef struct hub_batch {
+    const char *channel;
+    const char *epoch;
+    pw_msg *const *msgs;
+    size_t n;
+    bool reset;
+    bool more; /* more is due after msgs[n-1] */
+    uint64_t newest_id;
+    const rbuf *newest_json;
+    void *cache;
+    void (*cache_free)(void *cache);
+} hub_batch;
+
+typedef struct hub_sub_ops {
+    /* One-shot subscribers (long-poll) are detached before this is called:
+     * the hub never touches them again, so deliver may free them. Persistent
+     * ones (WebSocket, EventSource) stay attached with since/epoch already
+     * advanced; they may call hub_unsubscribe on themselves from inside
+     * deliver but must not free their memory before it returns (defer with
+     * loop_reap). After a batch with more set, a persistent subscriber gets
+     * nothing until hub_sub_resume. */
+    void (*deliver)(hub_sub *s, hub_batch *b);
+    /* Optional: s is now up to date and waits for the next message (a
+     * long-poll with timeout=0 answers here). May call hub_unsubscribe. */
+    void (*parked)(hub_sub *s);
+} hub_sub_ops;
+
+enum hub_sub_state { SUB_DETACHED, SUB_WAIT, SUB_READING, SUB_PARKED, SUB_PAUSED };
+
+struct hub_sub {
+    hub_channel *ch;
+    hub_sub *prev, *next;       /* in the channel's list */
+    hub_read *op;               /* the read this subscriber waits on */
+    hub_sub *op_prev, *op_next; /* in that read's list */
+    const hub_sub_ops *ops;
+    uint64_t since;
+    char epoch[PW_EPOCH_MAX + 1]; /* "" until known */
+    bool has_since;
+    bool verified;   /* since is known not to be ahead of Redis */
+    bool persistent;
+    uint8_t state;   /* enum hub_sub_state */
+};
+
+typedef struct hub_config {
+    broker_config broker;
+    size_t batch_bytes;   /* cap of one batch's content (1 MiB) */
+    size_t ring_bytes;    /* recent messages kept per channel (<= batch_bytes) */
+    unsigned linger_ms;   /* keep an unused channel subscribed this long */
+} hub_config;
+
+typedef struct hub_stats {
+    uint64_t channels;
+    uint64_t subs;          /* attached subscribers */
+    uint64_t parked;
+    uint64_t batches;       /* deliveries to subscribers */
+    uint64_t messages_out;  /* messages in those deliveries */
+    uint64_t live_messages; /* messages received from pub/sub */
+    uint64_t resyncs;
+} hub_stats;
+
+/* The hub owns its broker (created from cfg->broker). */
+hub *hub_new(loop *l, const hub_config *cfg);
+void hub_start(hub *h);
+/* Detach every subscriber first (hub_unsubscribe); then free. */
+void hub_free(hub *h);
+broker *hub_broker(hub *h);
+hub_stats hub_get_stats(const hub *h);
+
+void hub_sub_init(hub_sub *s, const hub_sub_ops *ops, bool persistent);
+
+/* Start delivering channel's messages to s after since (has_since) or from
+ * now on, for epoch ("" when the client named none). The first delivery may
+ * happen inside this call. channel must be valid (api_channel_valid). */
+void hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint64_t since,
+                   const char *epoch);
+
+/* Stop delivering to s (client gone, timeout, shutdown). Idempotent; safe
+ * from inside deliver and with a read in flight. */
+void hub_unsubscribe(hub *h, hub_sub *s);
+
+/* Continue a persistent subscriber paused after a batch with more. */
+void hub_sub_resume(hub *h, hub_sub *s);
+
+/* The name of the channel s follows, "" when detached. */
+const char *hub_sub_channel(const hub_sub *s);
+
+/* The channel's current epoch, newest id and newest content, for an answer
+ * that carries no messages (a long-poll timeout). Returns false when the hub
+ * does not know them now (Redis unreachable, not yet synced). */
+bool hub_current(const hub_sub *s, const char **epoch, uint64_t *newest,
+                 const rbuf **newest_json);
+
+#endif

@@ -1,0 +1,176 @@
+/* metrics.c - the metrics listener: accept, read one request head, answer,
+ * close. Connections are few and short; each has a 5 s deadline. */
+#include "metrics.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "net.h"
+#include "outq.h"
+
+#define HEAD_MAX 4096
+
+typedef struct mconn {
+    io_watch w;
+    timer deadline;
+    reap_node reap;
+    metrics_srv *srv;
+    struct mconn *prev, *next;
+    outq out;
+    size_t len;
+    bool answered;
+    char head[HEAD_MAX];
+} mconn;
+
+struct metrics_srv {
+    loop *l;
+    io_watch lw;
+    metrics_render *render;
+    void *ctx;
+    mconn *conns;
+};
+
+static void conn_reap(reap_node *n)
+{
+    mconn *c = (mconn *)((char *)n - offsetof(mconn, reap));
+    free(c);
+}
+
+static void conn_close(mconn *c)
+{
+    if (c->w.fd < 0)
+        return;
+    loop_del(c->srv->l, &c->w);
+    close(c->w.fd);
+    c->w.fd = -1;
+    timer_stop(c->srv->l, &c->deadline);
+    outq_clear(&c->out);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    loop_reap(c->srv->l, &c->reap, conn_reap);
+}
+
+static void conn_flush(mconn *c)
+{
+    int rc = outq_write(&c->out, c->w.fd);
+    if (rc != 0)
+        conn_close(c); /* sent or failed: either way done */
+    else
+        loop_mod(c->srv->l, &c->w, EPOLLOUT);
+}
+
+static void conn_answer(mconn *c)
+{
+    c->answered = true;
+    buf body = BUF_INIT, resp = BUF_INIT;
+    int status = 404;
+    if (strncmp(c->head, "GET /metrics ", 13) == 0 || strncmp(c->head, "GET /metrics?", 13) == 0) {
+        status = 200;
+        c->srv->render(&body, c->srv->ctx);
+    } else {
+        buf_puts(&body, "not found: try GET /metrics\n");
+    }
+    buf_printf(&resp,
+               "HTTP/1.0 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+               "Connection: close\r\n\r\n",
+               status, status == 200 ? "OK" : "Not Found",
+               status == 200 ? "text/plain; version=0.0.4" : "text/plain", body.len);
+    buf_append(&resp, body.data, body.len);
+    rbuf *r = rbuf_from_buf(&resp);
+    outq_push(&c->out, r);
+    rbuf_unref(r);
+    buf_free(&body);
+    buf_free(&resp);
+    conn_flush(c);
+}
+
+static void conn_io(loop *l, io_watch *w, uint32_t revents)
+{
+    (void)l;
+    mconn *c = (mconn *)((char *)w - offsetof(mconn, w));
+    if (c->answered) {
+        conn_flush(c);
+        return;
+    }
+    if (revents & (EPOLLERR | EPOLLHUP)) {
+        conn_close(c);
+        return;
+    }
+    ssize_t n = read(c->w.fd, c->head + c->len, HEAD_MAX - 1 - c->len);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        conn_close(c);
+        return;
+    }
+    c->len += (size_t)n;
+    c->head[c->len] = '\0';
+    if (strstr(c->head, "\r\n\r\n") || strstr(c->head, "\n\n") || c->len == HEAD_MAX - 1)
+        conn_answer(c);
+}
+
+static void conn_deadline(loop *l, timer *t)
+{
+    (void)l;
+    conn_close((mconn *)((char *)t - offsetof(mconn, deadline)));
+}
+
+static void listen_io(loop *l, io_watch *w, uint32_t revents)
+{
+    (void)revents;
+    metrics_srv *m = (metrics_srv *)((char *)w - offsetof(metrics_srv, lw));
+    for (int i = 0; i < 16; i++) {
+        int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        mconn *c = xcalloc(1, sizeof *c);
+        c->srv = m;
+        c->w.fd = fd;
+        c->w.cb = conn_io;
+        c->deadline.cb = conn_deadline;
+        c->next = m->conns;
+        if (m->conns)
+            m->conns->prev = c;
+        m->conns = c;
+        loop_add(l, &c->w, EPOLLIN);
+        timer_start(l, &c->deadline, 5000);
+    }
+}
+
+metrics_srv *metrics_start(loop *l, const char *addr, metrics_render *render, void *ctx,
+                           const char **why)
+{
+    char path[108];
+    int fd = net_listen(addr, 64, 0, path, sizeof path, why);
+    if (fd < 0)
+        return NULL;
+    metrics_srv *m = xcalloc(1, sizeof *m);
+    m->l = l;
+    m->render = render;
+    m->ctx = ctx;
+    m->lw.fd = fd;
+    m->lw.cb = listen_io;
+    loop_add(l, &m->lw, EPOLLIN);
+    return m;
+}
+
+void metrics_stop(metrics_srv *m)
+{
+    if (!m)
+        return;
+    while (m->conns)
+        conn_close(m->conns);
+    loop_del(m->l, &m->lw);
+    close(m->lw.fd);
+    m->lw.fd = -1;
+    free(m);
+}

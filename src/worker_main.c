@@ -1,0 +1,923 @@
+/* worker_main.c - pushwire-worker: the FastCGI worker behind nginx.
+ *
+ * One single-threaded epoll loop: accepts requests with libfcgi, publishes
+ * through the broker, holds long-polls and EventSource streams as hub
+ * subscribers, and answers with raw FastCGI records. Everything slow
+ * (Redis) is asynchronous; the loop never waits on a client.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "broker.h"
+#include "buf.h"
+#include "envelope.h"
+#include "fcgi_park.h"
+#include "fcgi_record.h"
+#include "hub.h"
+#include "log.h"
+#include "loop.h"
+#include "metrics.h"
+#include "opts.h"
+#include "outq.h"
+#include "redis_url.h"
+
+#define SSE_QUEUE_MAX   (4u << 20) /* an EventSource client this far behind is cut off */
+#define SSE_RESUME_MAX  (256u << 10)
+#define SHUTDOWN_GRACE  5000
+
+enum req_kind { K_NONE, K_POLL, K_SSE, K_PUBLISH };
+enum req_phase { P_ACTIVE, P_WRITING, P_DONE };
+
+typedef struct req {
+    io_watch w;
+    reap_node reap;
+    hub_sub sub;
+    timer tmo; /* long-poll timeout, or EventSource heartbeat */
+    outq out;
+    struct req *prev, *next;
+    uint16_t reqid;
+    uint8_t kind;
+    uint8_t phase;
+    bool fd_closed;    /* client gone while a publish was in flight */
+    bool sse_paused;   /* a batch with more waits for the queue to drain */
+    bool no_wait;      /* timeout=0: answer as soon as the poll is up to date */
+    char *pub_channel; /* publish: for the answer */
+} req;
+
+static struct config {
+    const char *listen;
+    const char *redis;
+    const char *prefix;
+    const char *publish_token;
+    const char *metrics;
+    const char *id;
+    unsigned history, history_ttl, max_content, poll_timeout, max_poll_timeout;
+    unsigned redis_timeout, heartbeat_ms, sse_heartbeat, max_requests, backlog;
+    enum log_level log_level;
+} cfg = {
+    .listen = "127.0.0.1:9000",
+    .redis = "redis://127.0.0.1:6379",
+    .prefix = "pw:",
+    .publish_token = "",
+    .metrics = "",
+    .id = "",
+    .history = 1000,
+    .history_ttl = 86400,
+    .max_content = 65536,
+    .poll_timeout = 30,
+    .max_poll_timeout = 120,
+    .redis_timeout = 2000,
+    .heartbeat_ms = 1000,
+    .sse_heartbeat = 15,
+    .max_requests = 19000,
+    .backlog = 4096,
+    .log_level = LOG_INFO,
+};
+
+static struct worker {
+    loop *l;
+    hub *h;
+    broker *b;
+    io_watch lw;
+    bool accepting;
+    char unix_path[108];
+    io_watch sigw;
+    metrics_srv *metrics;
+    req *reqs;
+    size_t nreqs;
+    api_limits limits;
+    size_t max_body;
+    bool stopping;
+    timer stop_timer;
+    timer accept_retry;
+    /* The last long-poll timeout answer, reused while it stays current. */
+    struct {
+        char channel[PW_CHANNEL_MAX + 1];
+        char epoch[PW_EPOCH_MAX + 1];
+        uint64_t newest;
+        rbuf *records;
+    } tcache;
+    struct {
+        uint64_t requests, polls_answered, poll_timeouts, client_aborts;
+        uint64_t publishes_ok, publishes_dup, publishes_failed, sse_cutoffs;
+        uint64_t status[6]; /* 2xx .. 5xx, by hundreds; [0] unused */
+        size_t polls_held, sse_streams;
+    } st;
+} W;
+
+static void req_close(req *r);
+
+/* ---- responses ---------------------------------------------------------------- */
+
+static void req_reap(reap_node *n)
+{
+    req *r = (req *)((char *)n - offsetof(req, reap));
+    free(r->pub_channel);
+    free(r);
+}
+
+static void req_unlink(req *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else if (W.reqs == r)
+        W.reqs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    W.nreqs--;
+}
+
+static void count_status(int status)
+{
+    int k = status / 100;
+    if (k >= 2 && k <= 5)
+        W.st.status[k]++;
+}
+
+/* Release everything and free r after the current dispatch batch. */
+static void req_close(req *r)
+{
+    if (r->phase == P_DONE)
+        return;
+    if (r->kind == K_POLL && r->phase == P_ACTIVE)
+        W.st.polls_held--;
+    if (r->kind == K_SSE)
+        W.st.sse_streams--;
+    r->phase = P_DONE;
+    if (W.h)
+        hub_unsubscribe(W.h, &r->sub);
+    timer_stop(W.l, &r->tmo);
+    outq_clear(&r->out);
+    if (!r->fd_closed) {
+        loop_del(W.l, &r->w);
+        close(r->w.fd);
+        r->fd_closed = true;
+    }
+    r->w.fd = -1;
+    req_unlink(r);
+    loop_reap(W.l, &r->reap, req_reap);
+    if (W.stopping && !W.reqs)
+        loop_stop(W.l);
+    if (!W.accepting && !W.stopping && W.nreqs < cfg.max_requests * 9 / 10) {
+        W.accepting = true;
+        loop_add(W.l, &W.lw, EPOLLIN);
+    }
+}
+
+/* Write what is queued; close when a final answer is fully sent. */
+static void req_flush(req *r)
+{
+    int rc = outq_write(&r->out, r->w.fd);
+    if (rc < 0) {
+        req_close(r);
+        return;
+    }
+    if (rc == 0) {
+        loop_mod(W.l, &r->w, EPOLLOUT | EPOLLRDHUP);
+        return;
+    }
+    if (r->phase == P_WRITING) {
+        req_close(r);
+        return;
+    }
+    loop_mod(W.l, &r->w, EPOLLIN | EPOLLRDHUP);
+    if (r->kind == K_SSE && r->sse_paused) {
+        r->sse_paused = false;
+        hub_sub_resume(W.h, &r->sub);
+    }
+}
+
+/* Queue the final answer (complete FastCGI records) and send it. */
+static void req_finish(req *r, rbuf *records, int status)
+{
+    if (r->kind == K_POLL && r->phase == P_ACTIVE)
+        W.st.polls_held--;
+    r->phase = P_WRITING;
+    timer_stop(W.l, &r->tmo);
+    count_status(status);
+    outq_push(&r->out, records);
+    req_flush(r);
+}
+
+static void head_printf(buf *h, int status, const char *ctype, size_t len, const char *extra)
+{
+    buf_printf(h,
+               "Status: %d %s\r\nContent-Type: %s\r\nCache-Control: no-store\r\n"
+               "Content-Length: %zu\r\n%s\r\n",
+               status, api_status_text(status), ctype, len, extra ? extra : "");
+}
+
+static rbuf *json_records(uint16_t reqid, int status, const buf *body, const char *extra)
+{
+    buf head = BUF_INIT;
+    head_printf(&head, status, "application/json", body->len, extra);
+    rbuf *r = fcgi_rec_response(reqid, head.data, head.len, body->data, body->len);
+    buf_free(&head);
+    return r;
+}
+
+static void req_json(req *r, int status, const buf *body, const char *extra)
+{
+    rbuf *rec = json_records(r->reqid, status, body, extra);
+    req_finish(r, rec, status);
+    rbuf_unref(rec);
+}
+
+static void req_error(req *r, int status, const char *msg, const char *extra)
+{
+    buf body = BUF_INIT;
+    env_error(&body, msg);
+    req_json(r, status, &body, extra);
+    buf_free(&body);
+}
+
+static void req_unavailable(req *r, const char *msg)
+{
+    char extra[64];
+    unsigned secs = W.b ? (broker_retry_after_ms(W.b) + 999) / 1000 : 1;
+    snprintf(extra, sizeof extra, "Retry-After: %u\r\n", secs ? secs : 1);
+    req_error(r, 503, msg, extra);
+}
+
+/* ---- long-poll and EventSource deliveries ------------------------------------ */
+
+typedef struct batch_cache {
+    rbuf *poll; /* whole long-poll answer, request id 1 */
+    rbuf *sse;  /* EventSource events as STDOUT records, request id 1 */
+} batch_cache;
+
+static void batch_cache_free(void *p)
+{
+    batch_cache *c = p;
+    rbuf_unref(c->poll);
+    rbuf_unref(c->sse);
+    free(c);
+}
+
+static batch_cache *cache_of(hub_batch *b)
+{
+    if (b->cache && b->cache_free == batch_cache_free)
+        return b->cache;
+    if (b->cache)
+        return NULL; /* another transport's; encode without caching */
+    b->cache = xcalloc(1, sizeof(batch_cache));
+    b->cache_free = batch_cache_free;
+    return b->cache;
+}
+
+static rbuf *poll_records(uint16_t reqid, const hub_batch *b)
+{
+    buf body = BUF_INIT;
+    env_status(&body, b->channel, b->epoch, b->msgs, b->n, b->reset, b->more, b->newest_id,
+               b->newest_json);
+    rbuf *r = json_records(reqid, 200, &body, NULL);
+    buf_free(&body);
+    return r;
+}
+
+static rbuf *sse_records(uint16_t reqid, const hub_batch *b)
+{
+    buf ev = BUF_INIT, rec = BUF_INIT;
+    if (b->reset) {
+        buf_puts(&ev, "event: reset\ndata: ");
+        uint64_t newest = b->n ? b->msgs[b->n - 1]->id : b->newest_id;
+        env_push_reset(&ev, b->channel, b->epoch, newest);
+        buf_puts(&ev, "\n\n");
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        buf_printf(&ev, "id: %s:%llu\ndata: ", b->epoch, (unsigned long long)b->msgs[i]->id);
+        env_push_message(&ev, b->channel, b->epoch, b->msgs[i]);
+        buf_puts(&ev, "\n\n");
+    }
+    fcgi_rec_stdout(&rec, reqid, ev.data, ev.len);
+    rbuf *r = rbuf_new(rec.data, rec.len);
+    buf_free(&ev);
+    buf_free(&rec);
+    return r;
+}
+
+static void on_deliver(hub_sub *s, hub_batch *b)
+{
+    req *r = (req *)((char *)s - offsetof(req, sub));
+    batch_cache *c = r->reqid == 1 ? cache_of(b) : NULL;
+    if (r->kind == K_POLL) {
+        rbuf *rec;
+        if (c) {
+            if (!c->poll)
+                c->poll = poll_records(1, b);
+            rec = rbuf_ref(c->poll);
+        } else {
+            rec = poll_records(r->reqid, b);
+        }
+        W.st.polls_answered++;
+        req_finish(r, rec, 200);
+        rbuf_unref(rec);
+        return;
+    }
+    /* EventSource: append events; the stream stays open. */
+    rbuf *rec;
+    if (c) {
+        if (!c->sse)
+            c->sse = sse_records(1, b);
+        rec = rbuf_ref(c->sse);
+    } else {
+        rec = sse_records(r->reqid, b);
+    }
+    outq_push(&r->out, rec);
+    rbuf_unref(rec);
+    if (r->out.bytes > SSE_QUEUE_MAX) {
+        W.st.sse_cutoffs++;
+        log_info("EventSource client too slow (%zu bytes queued): closing", r->out.bytes);
+        req_close(r); /* memory freed after the batch, as hub.h asks */
+        return;
+    }
+    if (b->more)
+        r->sse_paused = true;
+    req_flush(r);
+    if (r->phase == P_ACTIVE && r->sse_paused && r->out.bytes < SSE_RESUME_MAX) {
+        r->sse_paused = false;
+        hub_sub_resume(W.h, &r->sub);
+    }
+}
+
+static void poll_timeout_answer(req *r);
+
+static void on_parked(hub_sub *s)
+{
+    req *r = (req *)((char *)s - offsetof(req, sub));
+    if (r->no_wait && r->phase == P_ACTIVE)
+        poll_timeout_answer(r);
+}
+
+static const hub_sub_ops poll_ops = {.deliver = on_deliver, .parked = on_parked};
+
+/* Answer a held long-poll that saw nothing new: the newest message, no
+ * messages. The answer is the same for every request of the channel until
+ * the channel moves on, so the last one is kept. */
+static void poll_timeout_answer(req *r)
+{
+    const char *epoch;
+    uint64_t newest;
+    const rbuf *json;
+    if (!hub_current(&r->sub, &epoch, &newest, &json)) {
+        hub_unsubscribe(W.h, &r->sub);
+        req_unavailable(r, "Redis is unreachable; retry later");
+        return;
+    }
+    char name[PW_CHANNEL_MAX + 1];
+    snprintf(name, sizeof name, "%s", hub_sub_channel(&r->sub));
+    hub_unsubscribe(W.h, &r->sub);
+    rbuf *rec;
+    if (r->reqid == 1 && W.tcache.records && W.tcache.newest == newest &&
+        !strcmp(W.tcache.channel, name) && !strcmp(W.tcache.epoch, epoch)) {
+        rec = rbuf_ref(W.tcache.records);
+    } else {
+        hub_batch b = {.channel = name, .epoch = epoch, .newest_id = newest, .newest_json = json};
+        rec = poll_records(r->reqid, &b);
+        if (r->reqid == 1) {
+            rbuf_unref(W.tcache.records);
+            W.tcache.records = rbuf_ref(rec);
+            W.tcache.newest = newest;
+            snprintf(W.tcache.channel, sizeof W.tcache.channel, "%s", name);
+            snprintf(W.tcache.epoch, sizeof W.tcache.epoch, "%s", epoch);
+        }
+    }
+    W.st.poll_timeouts++;
+    req_finish(r, rec, 200);
+    rbuf_unref(rec);
+}
+
+static void tmo_cb(loop *l, timer *t)
+{
+    req *r = (req *)((char *)t - offsetof(req, tmo));
+    if (r->phase != P_ACTIVE)
+        return;
+    if (r->kind == K_POLL) {
+        poll_timeout_answer(r);
+        return;
+    }
+    /* EventSource heartbeat: a comment line keeps proxies from timing out. */
+    buf rec = BUF_INIT;
+    fcgi_rec_stdout(&rec, r->reqid, ": hb\n\n", 6);
+    rbuf *hb = rbuf_from_buf(&rec);
+    buf_free(&rec);
+    outq_push(&r->out, hb);
+    rbuf_unref(hb);
+    req_flush(r);
+    if (r->phase == P_ACTIVE)
+        timer_start(l, t, cfg.sse_heartbeat * 1000);
+}
+
+/* ---- request handlers ----------------------------------------------------------- */
+
+static void handle_poll(req *r, const api_http *http)
+{
+    api_poll p;
+    api_error err;
+    if (api_parse_poll(http, &W.limits, &p, &err) < 0) {
+        req_error(r, err.status, err.message, err.allow ? "Allow: GET\r\n" : NULL);
+        return;
+    }
+    if (W.stopping) {
+        req_unavailable(r, "server is shutting down");
+        return;
+    }
+    hub_sub_init(&r->sub, &poll_ops, p.event_stream);
+    if (p.event_stream) {
+        r->kind = K_SSE;
+        W.st.sse_streams++;
+        static const char head[] = "Status: 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                   "Cache-Control: no-store\r\nX-Accel-Buffering: no\r\n\r\n"
+                                   "retry: 2000\n\n";
+        buf rec = BUF_INIT;
+        fcgi_rec_stdout(&rec, r->reqid, head, sizeof head - 1);
+        rbuf *rb = rbuf_from_buf(&rec);
+        buf_free(&rec);
+        outq_push(&r->out, rb);
+        rbuf_unref(rb);
+        count_status(200);
+        req_flush(r);
+        if (r->phase != P_ACTIVE)
+            return;
+        timer_start(W.l, &r->tmo, cfg.sse_heartbeat * 1000);
+        hub_subscribe(W.h, &r->sub, p.channel, p.has_since, p.since, p.epoch);
+        return;
+    }
+    r->kind = K_POLL;
+    r->no_wait = p.timeout == 0;
+    W.st.polls_held++;
+    /* With timeout=0 the answer comes when the poll is up to date (on_parked)
+     * or, if Redis cannot tell, a 503 after the Redis timeout. */
+    timer_start(W.l, &r->tmo, p.timeout ? (uint64_t)p.timeout * 1000 : cfg.redis_timeout);
+    hub_subscribe(W.h, &r->sub, p.channel, p.has_since, p.since, p.epoch);
+}
+
+static void publish_done(void *arg, const broker_pub_result *res)
+{
+    req *r = arg;
+    if (r->fd_closed) {
+        req_close(r); /* the client left; nothing to answer */
+        return;
+    }
+    if (res->err) {
+        W.st.publishes_failed++;
+        req_unavailable(r, res->err == BROKER_EUNAVAIL ? "Redis is unreachable; retry with the "
+                                                         "same Idempotency-Key"
+                                                       : "Redis refused the message; retry later");
+        return;
+    }
+    if (res->duplicate)
+        W.st.publishes_dup++;
+    else
+        W.st.publishes_ok++;
+    buf body = BUF_INIT;
+    env_publish_ok(&body, res->id, r->pub_channel, res->epoch);
+    req_json(r, 200, &body, NULL);
+    buf_free(&body);
+}
+
+static void handle_publish(req *r, const fcgi_accepted *a)
+{
+    api_error err;
+    if (api_check_publish_auth(a->http.authorization, cfg.publish_token, &err) < 0) {
+        req_error(r, err.status, err.message,
+                  err.status == 401 ? "WWW-Authenticate: Bearer realm=\"pushwire\"\r\n" : NULL);
+        return;
+    }
+    if (a->body_too_large) {
+        req_error(r, 413, "content too large", NULL);
+        return;
+    }
+    api_publish p;
+    if (api_parse_publish(&a->http, &W.limits, &p, &err) < 0) {
+        req_error(r, err.status, err.message, err.allow ? "Allow: POST\r\n" : NULL);
+        return;
+    }
+    if (W.stopping) {
+        api_publish_free(&p);
+        req_unavailable(r, "server is shutting down");
+        return;
+    }
+    buf json = BUF_INIT;
+    env_json_string(&json, p.content, p.content_len);
+    r->kind = K_PUBLISH;
+    r->pub_channel = xstrndup(p.channel, strlen(p.channel));
+    int rc = broker_publish(W.b, p.channel, json.data, json.len, p.idem_key[0] ? p.idem_key : NULL,
+                            publish_done, r);
+    buf_free(&json);
+    api_publish_free(&p);
+    if (rc < 0) {
+        W.st.publishes_failed++;
+        req_unavailable(r, "Redis is unreachable; retry with the same Idempotency-Key");
+    }
+}
+
+static void handle_health(req *r)
+{
+    bool cmd = broker_cmd_ready(W.b), sub = broker_sub_ready(W.b);
+    buf body = BUF_INIT;
+    buf_printf(&body, "{\"status\":\"%s\",\"redis\":{\"commands\":%s,\"pubsub\":%s}}\n",
+               cmd && sub ? "ok" : "down", cmd ? "true" : "false", sub ? "true" : "false");
+    if (cmd && sub)
+        req_json(r, 200, &body, NULL);
+    else
+        req_json(r, 503, &body, "Retry-After: 1\r\n");
+    buf_free(&body);
+}
+
+/* ---- connections from nginx ----------------------------------------------------- */
+
+static void req_io(loop *l, io_watch *w, uint32_t revents)
+{
+    (void)l;
+    req *r = (req *)((char *)w - offsetof(req, w));
+    if (revents & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
+        goto gone;
+    }
+    if (revents & EPOLLIN) {
+        /* nginx sends nothing after the request; data or EOF means the
+         * client went away (nginx closed the upstream connection). */
+        char tmp[512];
+        ssize_t n = read(r->w.fd, tmp, sizeof tmp);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+            goto gone;
+    }
+    if (revents & EPOLLOUT)
+        req_flush(r);
+    return;
+gone:
+    if (r->phase == P_ACTIVE)
+        W.st.client_aborts++;
+    if (r->kind == K_PUBLISH && r->phase == P_ACTIVE) {
+        /* The broker still holds r: close the socket now, free later. */
+        loop_del(W.l, &r->w);
+        close(r->w.fd);
+        r->fd_closed = true;
+        return;
+    }
+    req_close(r);
+}
+
+static void accept_some(void)
+{
+    for (int i = 0; i < 64 && W.accepting; i++) {
+        fcgi_accepted a;
+        int rc = fcgi_accept(W.lw.fd, W.max_body, &a);
+        if (rc == 0)
+            return;
+        if (rc < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                log_warn("accept: %s; pausing accepts for 100 ms", strerror(errno));
+                W.accepting = false;
+                loop_del(W.l, &W.lw);
+                timer_start(W.l, &W.accept_retry, 100);
+                return;
+            }
+            log_error("accept failed: %s", strerror(errno));
+            return;
+        }
+        W.st.requests++;
+        req *r = xcalloc(1, sizeof *r);
+        r->w.fd = a.fd;
+        r->w.cb = req_io;
+        r->tmo.cb = tmo_cb;
+        r->reqid = a.reqid;
+        r->next = W.reqs;
+        if (W.reqs)
+            W.reqs->prev = r;
+        W.reqs = r;
+        W.nreqs++;
+        if (loop_add(W.l, &r->w, EPOLLIN | EPOLLRDHUP) < 0) {
+            log_error("epoll_ctl: %s", strerror(errno));
+            req_close(r);
+            fcgi_accepted_free(&a);
+            continue;
+        }
+        log_debug("%s %s?%s", a.http.method ? a.http.method : "-",
+                  a.http.path ? a.http.path : "-", a.http.query ? a.http.query : "");
+        switch (api_route(a.http.path)) {
+        case ROUTE_CHAT:
+            handle_publish(r, &a);
+            break;
+        case ROUTE_STATUS:
+            handle_poll(r, &a.http);
+            break;
+        case ROUTE_HEALTHZ:
+            handle_health(r);
+            break;
+        default:
+            req_error(r, 404, "not found", NULL);
+            break;
+        }
+        fcgi_accepted_free(&a);
+        if (W.nreqs >= cfg.max_requests && W.accepting) {
+            log_warn("%zu requests open (--max-requests): pausing accepts", W.nreqs);
+            W.accepting = false;
+            loop_del(W.l, &W.lw);
+        }
+    }
+}
+
+static void listen_io(loop *l, io_watch *w, uint32_t revents)
+{
+    (void)l, (void)w, (void)revents;
+    accept_some();
+}
+
+static void accept_retry_cb(loop *l, timer *t)
+{
+    (void)t;
+    if (!W.accepting && !W.stopping && W.nreqs < cfg.max_requests) {
+        W.accepting = true;
+        loop_add(l, &W.lw, EPOLLIN);
+    }
+}
+
+/* ---- metrics ------------------------------------------------------------------------ */
+
+static void metric(buf *o, const char *name, const char *type, const char *help, uint64_t v)
+{
+    buf_printf(o, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name,
+               (unsigned long long)v);
+}
+
+static void render_metrics(buf *o, void *ctx)
+{
+    (void)ctx;
+    hub_stats hs = hub_get_stats(W.h);
+    const broker_stats *bs = broker_get_stats(W.b);
+    metric(o, "pushwire_held_longpolls", "gauge", "Long-poll requests held now.", W.st.polls_held);
+    metric(o, "pushwire_eventsource_streams", "gauge", "EventSource streams open now.",
+           W.st.sse_streams);
+    metric(o, "pushwire_open_requests", "gauge", "FastCGI requests open now.", W.nreqs);
+    metric(o, "pushwire_channels", "gauge", "Channels this process follows.", hs.channels);
+    metric(o, "pushwire_requests_total", "counter", "FastCGI requests accepted.", W.st.requests);
+    buf_puts(o, "# HELP pushwire_responses_total Answers sent, by status class.\n"
+                "# TYPE pushwire_responses_total counter\n");
+    for (int k = 2; k <= 5; k++)
+        buf_printf(o, "pushwire_responses_total{code=\"%dxx\"} %llu\n", k,
+                   (unsigned long long)W.st.status[k]);
+    metric(o, "pushwire_longpoll_answers_total", "counter", "Long-polls answered with messages.",
+           W.st.polls_answered);
+    metric(o, "pushwire_longpoll_timeouts_total", "counter", "Long-polls that timed out.",
+           W.st.poll_timeouts);
+    metric(o, "pushwire_client_aborts_total", "counter", "Requests whose client left early.",
+           W.st.client_aborts);
+    metric(o, "pushwire_publishes_total", "counter", "Messages published.", W.st.publishes_ok);
+    metric(o, "pushwire_publish_duplicates_total", "counter",
+           "Publishes answered from an earlier Idempotency-Key.", W.st.publishes_dup);
+    metric(o, "pushwire_publish_errors_total", "counter", "Publishes answered 503.",
+           W.st.publishes_failed);
+    metric(o, "pushwire_messages_received_total", "counter", "Messages received from pub/sub.",
+           hs.live_messages);
+    metric(o, "pushwire_messages_delivered_total", "counter",
+           "Messages delivered to subscribers (one per subscriber).", hs.messages_out);
+    metric(o, "pushwire_slow_consumer_disconnects_total", "counter",
+           "EventSource clients cut off for not reading.", W.st.sse_cutoffs);
+    metric(o, "pushwire_resyncs_total", "counter", "Channel resyncs from Redis history.",
+           hs.resyncs);
+    buf_printf(o, "# HELP pushwire_redis_up Redis connections ready (1) or not (0).\n"
+                  "# TYPE pushwire_redis_up gauge\n"
+                  "pushwire_redis_up{conn=\"commands\"} %d\npushwire_redis_up{conn=\"pubsub\"} %d\n",
+               broker_cmd_ready(W.b), broker_sub_ready(W.b));
+    metric(o, "pushwire_redis_reconnects_total", "counter", "Redis connections (re)established.",
+           bs->cmd_connects + bs->sub_connects);
+    metric(o, "pushwire_redis_timeouts_total", "counter", "Redis stalls detected.", bs->timeouts);
+    long rss_pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        long size;
+        if (fscanf(f, "%ld %ld", &size, &rss_pages) != 2)
+            rss_pages = 0;
+        fclose(f);
+    }
+    metric(o, "process_resident_memory_bytes", "gauge", "Resident memory.",
+           (uint64_t)rss_pages * (uint64_t)sysconf(_SC_PAGESIZE));
+}
+
+/* ---- start and stop ------------------------------------------------------------------ */
+
+static void stop_now(loop *l, timer *t)
+{
+    (void)t;
+    log_warn("shutdown grace period over with %zu requests open; exiting", W.nreqs);
+    loop_stop(l);
+}
+
+static void begin_shutdown(const char *why)
+{
+    if (W.stopping)
+        return;
+    W.stopping = true;
+    log_info("%s: stopping (answering %zu held requests)", why, W.st.polls_held + W.st.sse_streams);
+    if (W.accepting)
+        loop_del(W.l, &W.lw);
+    W.accepting = false;
+    close(W.lw.fd);
+    W.lw.fd = -1;
+    if (W.unix_path[0])
+        unlink(W.unix_path);
+    for (req *r = W.reqs, *next; r; r = next) {
+        next = r->next;
+        if (r->phase != P_ACTIVE)
+            continue;
+        if (r->kind == K_POLL) {
+            poll_timeout_answer(r);
+        } else if (r->kind == K_SSE) {
+            hub_unsubscribe(W.h, &r->sub);
+            buf rec = BUF_INIT;
+            fcgi_rec_end(&rec, r->reqid);
+            rbuf *rb = rbuf_from_buf(&rec);
+            buf_free(&rec);
+            req_finish(r, rb, 0);
+            rbuf_unref(rb);
+        }
+        /* Publishes in flight finish on their own. */
+    }
+    if (!W.reqs)
+        loop_stop(W.l);
+    else
+        timer_start(W.l, &W.stop_timer, SHUTDOWN_GRACE);
+}
+
+static void signal_io(loop *l, io_watch *w, uint32_t revents)
+{
+    (void)l, (void)revents;
+    struct signalfd_siginfo si;
+    while (read(w->fd, &si, sizeof si) == sizeof si)
+        begin_shutdown(si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+static const opt_def options[] = {
+    {"listen", "PW_LISTEN", OPT_STR, &cfg.listen, 0, 0, "ADDR",
+     "FastCGI listen address: host:port, unix:/path or /path"},
+    {"redis", "REDIS_URL", OPT_STR, &cfg.redis, 0, 0, "URL",
+     "Redis: redis://[[user]:pass@]host[:port][/db] or unix:///path[?db=N]"},
+    {"prefix", "PW_PREFIX", OPT_STR, &cfg.prefix, 0, 0, "STR",
+     "prefix of every Redis key and pub/sub channel"},
+    {"history", "PW_HISTORY", OPT_UINT, &cfg.history, 1, 1000000, "N",
+     "messages kept per channel"},
+    {"history-ttl", "PW_HISTORY_TTL", OPT_UINT, &cfg.history_ttl, 1, 315360000, "SECONDS",
+     "a channel idle this long may be forgotten"},
+    {"max-content", "PW_MAX_CONTENT", OPT_UINT, &cfg.max_content, 1, 16 << 20, "BYTES",
+     "largest message content after decoding (413 above)"},
+    {"poll-timeout", "PW_POLL_TIMEOUT", OPT_UINT, &cfg.poll_timeout, 0, 3600, "SECONDS",
+     "long-poll hold time when the request gives no timeout"},
+    {"max-poll-timeout", "PW_MAX_POLL_TIMEOUT", OPT_UINT, &cfg.max_poll_timeout, 0, 3600,
+     "SECONDS", "cap of the timeout parameter (keep below nginx fastcgi_read_timeout)"},
+    {"redis-timeout", "PW_REDIS_TIMEOUT", OPT_UINT, &cfg.redis_timeout, 50, 600000, "MS",
+     "Redis unanswered this long counts as down (publishes get 503)"},
+    {"heartbeat", "PW_HEARTBEAT_MS", OPT_UINT, &cfg.heartbeat_ms, 50, 600000, "MS",
+     "heartbeat key refresh and pub/sub liveness probe interval"},
+    {"sse-heartbeat", "PW_SSE_HEARTBEAT", OPT_UINT, &cfg.sse_heartbeat, 1, 3600, "SECONDS",
+     "EventSource comment heartbeat interval"},
+    {"publish-token", "PW_PUBLISH_TOKEN", OPT_STR, &cfg.publish_token, 0, 0, "TOKEN",
+     "require Authorization: Bearer TOKEN on POST /chat (401/403)"},
+    {"metrics", "PW_METRICS", OPT_STR, &cfg.metrics, 0, 0, "ADDR",
+     "serve Prometheus metrics at http://ADDR/metrics (keep it private)"},
+    {"max-requests", "PW_MAX_REQUESTS", OPT_UINT, &cfg.max_requests, 1, 1000000, "N",
+     "open requests before accepts pause (mind the open-file limit)"},
+    {"backlog", "PW_BACKLOG", OPT_UINT, &cfg.backlog, 1, 65535, "N", "listen backlog"},
+    {"id", "PW_ID", OPT_STR, &cfg.id, 0, 0, "NAME",
+     "name in heartbeats and logs (default host:pid)"},
+    {"log-level", "PW_LOG_LEVEL", OPT_LEVEL, &cfg.log_level, 0, 0, "LEVEL",
+     "error, warn, info or debug"},
+    {0},
+};
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    int rc = opts_parse(options, argc, argv, "pushwire-worker",
+                        "FastCGI worker of pushwire: POST /chat publishes, GET /status long-polls\n"
+                        "(or streams EventSource), GET /healthz reports Redis reachability.");
+    if (rc)
+        return rc > 0 ? 0 : 2;
+    char idbuf[160];
+    if (!cfg.id[0]) {
+        char host[64] = "localhost";
+        gethostname(host, sizeof host - 1);
+        snprintf(idbuf, sizeof idbuf, "%s:%d", host, (int)getpid());
+        cfg.id = idbuf;
+    }
+    log_init("pushwire-worker", cfg.log_level);
+    redis_url url;
+    const char *why;
+    if (redis_url_parse(cfg.redis, &url, &why) < 0) {
+        fprintf(stderr, "error: --redis: %s\n", why);
+        return 2;
+    }
+    if (cfg.poll_timeout > cfg.max_poll_timeout)
+        cfg.poll_timeout = cfg.max_poll_timeout;
+    raise_nofile();
+
+    /* Termination signals arrive on a signalfd; block them before anything
+     * (libfcgi included) can install handlers that would run instead. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    if (fcgi_init() < 0) {
+        log_error("FCGX_Init failed");
+        return 1;
+    }
+
+    W.l = loop_new();
+    if (!W.l) {
+        log_error("epoll: %s", strerror(errno));
+        return 1;
+    }
+    W.limits.max_content = cfg.max_content;
+    W.limits.default_timeout = cfg.poll_timeout;
+    W.limits.max_timeout = cfg.max_poll_timeout;
+    /* The largest body nginx may pass: every content byte percent-encoded
+     * (3 bytes) or JSON-escaped (up to 6), plus the other fields. */
+    W.max_body = (size_t)cfg.max_content * 6 + 4096;
+
+    int lfd = fcgi_listen(cfg.listen, (int)cfg.backlog, 2000, W.unix_path, sizeof W.unix_path, &why);
+    if (lfd < 0) {
+        log_error("cannot listen on %s: %s", cfg.listen, why);
+        return 1;
+    }
+    W.lw.fd = lfd;
+    W.lw.cb = listen_io;
+    W.accept_retry.cb = accept_retry_cb;
+    W.stop_timer.cb = stop_now;
+
+    W.sigw.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    W.sigw.cb = signal_io;
+    loop_add(W.l, &W.sigw, EPOLLIN);
+
+    hub_config hc = {
+        .broker = {.url = url,
+                   .prefix = cfg.prefix,
+                   .timeout_ms = cfg.redis_timeout,
+                   .history = cfg.history,
+                   .history_ttl = cfg.history_ttl,
+                   .idem_ttl = 600,
+                   .heartbeat_ms = cfg.heartbeat_ms,
+                   .proc_kind = "worker",
+                   .proc_id = cfg.id},
+        .batch_bytes = 1 << 20,
+        .ring_bytes = 512 << 10,
+        .linger_ms = 60000,
+    };
+    W.h = hub_new(W.l, &hc);
+    W.b = hub_broker(W.h);
+    hub_start(W.h);
+
+    if (cfg.metrics[0]) {
+        W.metrics = metrics_start(W.l, cfg.metrics, render_metrics, NULL, &why);
+        if (!W.metrics) {
+            log_error("cannot serve metrics on %s: %s", cfg.metrics, why);
+            return 1;
+        }
+    }
+    W.accepting = true;
+    loop_add(W.l, &W.lw, EPOLLIN);
+    log_info("listening on %s (redis %s, id %s%s%s)", cfg.listen, cfg.redis, cfg.id,
+             cfg.metrics[0] ? ", metrics " : "", cfg.metrics);
+
+    rc = loop_run(W.l);
+    if (rc < 0)
+        log_error("event loop failed: %s", strerror(errno));
+
+    /* Whatever is still open after the grace period is dropped: first
+     * detach subscribers from the hub, then close Redis (publishes in flight
+     * get their 503 from the broker's callbacks), then close the rest. */
+    for (req *r = W.reqs; r; r = r->next)
+        hub_unsubscribe(W.h, &r->sub);
+    hub_free(W.h);
+    W.h = NULL;
+    W.b = NULL;
+    while (W.reqs)
+        req_close(W.reqs);
+    metrics_stop(W.metrics);
+    rbuf_unref(W.tcache.records);
+    if (W.lw.fd >= 0) {
+        close(W.lw.fd);
+        if (W.unix_path[0])
+            unlink(W.unix_path);
+    }
+    close(W.sigw.fd);
+    loop_free(W.l); /* runs the last reaps */
+    log_info("stopped");
+    return rc < 0 ? 1 : 0;
+}
