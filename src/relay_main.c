@@ -1,0 +1,794 @@
+/* relay_main.c - pushwire-relay: the WebSocket relay.
+ *
+ * One single-threaded epoll loop serving RFC 6455 clients (directly or
+ * behind nginx) as persistent hub subscribers. Each published message is
+ * encoded into one frame once and the same bytes are queued for every
+ * client; a client whose queue passes --max-queue is closed (1008) so that
+ * it can never slow the others or grow memory. Protocol parsing lives in
+ * ws_frame.c / ws_handshake.c; this file only moves bytes and state.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "buf.h"
+#include "envelope.h"
+#include "hub.h"
+#include "log.h"
+#include "loop.h"
+#include "metrics.h"
+#include "net.h"
+#include "opts.h"
+#include "origin.h"
+#include "outq.h"
+#include "redis_url.h"
+#include "ws_frame.h"
+#include "ws_handshake.h"
+
+#define HEAD_MAX       8192
+#define READ_CHUNK     16384
+#define CLOSE_LINGER   2000 /* ms to wait for the peer's close after ours */
+#define SHUTDOWN_GRACE 5000
+
+enum client_state { C_HANDSHAKE, C_OPEN, C_CLOSING, C_DEAD };
+
+typedef struct client {
+    io_watch w;
+    reap_node reap;
+    hub_sub sub;
+    timer t; /* handshake deadline, ping interval, or close linger */
+    outq out;
+    ws_parser parser;
+    struct client *prev, *next;
+    char *head; /* the handshake being read; freed once open */
+    uint32_t head_len;
+    uint8_t state;
+    bool ping_outstanding;
+    bool paused;       /* a batch with more waits for the queue to drain */
+    bool close_after;  /* our close frame (or refusal) is queued: no more data */
+    bool await_peer;   /* after it is written, wait for the peer's close or EOF */
+    bool upgraded;
+    uint64_t last_rx;
+} client;
+
+static struct config {
+    const char *listen, *redis, *prefix, *metrics, *id, *origins;
+    unsigned ping_interval, max_message, max_queue, sndbuf, max_clients, handshake_timeout;
+    unsigned redis_timeout, heartbeat_ms, history_ttl, backlog;
+    enum log_level log_level;
+} cfg = {
+    .listen = "127.0.0.1:9100",
+    .redis = "redis://127.0.0.1:6379",
+    .prefix = "pw:",
+    .metrics = "",
+    .id = "",
+    .origins = "",
+    .ping_interval = 30,
+    .max_message = 65536,
+    .max_queue = 2 << 20,
+    .sndbuf = 32768,
+    .max_clients = 19000,
+    .handshake_timeout = 10,
+    .redis_timeout = 2000,
+    .heartbeat_ms = 1000,
+    .history_ttl = 86400,
+    .backlog = 4096,
+    .log_level = LOG_INFO,
+};
+
+static struct relay {
+    loop *l;
+    hub *h;
+    io_watch lw;
+    io_watch sigw;
+    bool accepting, stopping;
+    metrics_srv *metrics;
+    client *clients;
+    size_t nclients, nopen;
+    timer stop_timer, accept_retry;
+    rbuf *ping_frame;
+    struct {
+        uint64_t accepted, upgrades, refused[6], slow_cutoffs, dead_pings, protocol_errors;
+        uint64_t frames_out;
+    } st;
+} R;
+
+static void client_kill(client *c);
+
+/* ---- writing ------------------------------------------------------------------ */
+
+static void client_reap(reap_node *n)
+{
+    client *c = (client *)((char *)n - offsetof(client, reap));
+    free(c->head);
+    free(c);
+}
+
+static void client_kill(client *c)
+{
+    if (c->state == C_DEAD)
+        return;
+    if (c->upgraded)
+        R.nopen--;
+    c->state = C_DEAD;
+    hub_unsubscribe(R.h, &c->sub);
+    timer_stop(R.l, &c->t);
+    outq_clear(&c->out);
+    loop_del(R.l, &c->w);
+    close(c->w.fd);
+    c->w.fd = -1;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        R.clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    R.nclients--;
+    loop_reap(R.l, &c->reap, client_reap);
+    if (R.stopping && !R.clients)
+        loop_stop(R.l);
+    if (!R.accepting && !R.stopping && R.nclients < cfg.max_clients * 9 / 10) {
+        R.accepting = true;
+        loop_add(R.l, &R.lw, EPOLLIN);
+    }
+}
+
+static void client_flush(client *c)
+{
+    int rc = outq_write(&c->out, c->w.fd);
+    if (rc < 0) {
+        client_kill(c);
+        return;
+    }
+    if (rc == 0) {
+        loop_mod(R.l, &c->w, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
+        return;
+    }
+    if (c->close_after) {
+        if (!c->await_peer) {
+            client_kill(c);
+            return;
+        }
+        /* Our close frame is out: stop sending and give the peer a moment
+         * to answer with its close (or EOF) before the socket goes. */
+        shutdown(c->w.fd, SHUT_WR);
+        c->await_peer = false;
+        loop_mod(R.l, &c->w, EPOLLIN | EPOLLRDHUP);
+        return;
+    }
+    loop_mod(R.l, &c->w, EPOLLIN | EPOLLRDHUP);
+    if (c->paused && c->state == C_OPEN) {
+        c->paused = false;
+        hub_sub_resume(R.h, &c->sub);
+    }
+}
+
+static void push_bytes(client *c, const void *p, size_t n)
+{
+    rbuf *r = rbuf_new(p, n);
+    outq_push(&c->out, r);
+    rbuf_unref(r);
+}
+
+static void close_linger_cb(loop *l, timer *t)
+{
+    (void)l;
+    client_kill((client *)((char *)t - offsetof(client, t)));
+}
+
+/* Queue final bytes (a close frame, or a refusal) and finish: nothing is
+ * sent after them, and the connection goes once they are written (and, when
+ * await_peer, the peer closed too), or after CLOSE_LINGER at most. */
+static void client_finish(client *c, const void *p, size_t n, bool drop_queue, bool await_peer)
+{
+    c->state = C_CLOSING;
+    hub_unsubscribe(R.h, &c->sub);
+    if (drop_queue)
+        outq_clear(&c->out);
+    push_bytes(c, p, n);
+    c->close_after = true;
+    c->await_peer = await_peer;
+    c->t.cb = close_linger_cb;
+    timer_start(R.l, &c->t, CLOSE_LINGER);
+    client_flush(c);
+}
+
+/* Send a close frame. await_peer: we start the closing handshake and wait
+ * for the client's close; false when echoing the client's close. */
+static void client_close(client *c, uint16_t code, const char *reason, bool drop_queue,
+                         bool await_peer)
+{
+    if (c->state != C_OPEN)
+        return;
+    uint8_t frame[WS_FRAME_HEADER_MAX + WS_CONTROL_MAX];
+    size_t n = ws_frame_close(frame, code, reason);
+    client_finish(c, frame, n, drop_queue, await_peer);
+}
+
+/* ---- deliveries ------------------------------------------------------------------ */
+
+static void frames_free(void *p) { rbuf_unref(p); }
+
+static rbuf *encode_frames(const hub_batch *b)
+{
+    buf out = BUF_INIT, json = BUF_INIT;
+    uint8_t hdr[WS_FRAME_HEADER_MAX];
+    if (b->reset) {
+        uint64_t newest = b->n ? b->msgs[b->n - 1]->id : b->newest_id;
+        env_push_reset(&json, b->channel, b->epoch, newest);
+        size_t hl = ws_frame_header(hdr, WS_OP_TEXT, true, json.len);
+        buf_append(&out, hdr, hl);
+        buf_append(&out, json.data, json.len);
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        buf_reset(&json);
+        env_push_message(&json, b->channel, b->epoch, b->msgs[i]);
+        size_t hl = ws_frame_header(hdr, WS_OP_TEXT, true, json.len);
+        buf_append(&out, hdr, hl);
+        buf_append(&out, json.data, json.len);
+    }
+    rbuf *r = rbuf_new(out.data, out.len);
+    buf_free(&out);
+    buf_free(&json);
+    return r;
+}
+
+static void on_deliver(hub_sub *s, hub_batch *b)
+{
+    client *c = (client *)((char *)s - offsetof(client, sub));
+    rbuf *frames;
+    if (b->cache && b->cache_free == frames_free) {
+        frames = rbuf_ref(b->cache);
+    } else {
+        frames = encode_frames(b);
+        if (!b->cache) {
+            b->cache = rbuf_ref(frames);
+            b->cache_free = frames_free;
+        }
+    }
+    R.st.frames_out += b->n + (b->reset ? 1 : 0);
+    outq_push(&c->out, frames);
+    rbuf_unref(frames);
+    if (c->out.bytes > cfg.max_queue) {
+        /* It does not read: cut it off rather than let it hold memory or
+         * delay the others. It resumes with since and loses nothing. */
+        R.st.slow_cutoffs++;
+        log_info("client not reading (%zu bytes queued): closing with 1008", c->out.bytes);
+        client_close(c, WS_CLOSE_POLICY, "too slow: reconnect with since", true, true);
+        return;
+    }
+    if (b->more)
+        c->paused = true;
+    client_flush(c);
+    if (c->state == C_OPEN && c->paused && c->out.bytes < (size_t)cfg.max_queue / 4) {
+        c->paused = false;
+        hub_sub_resume(R.h, &c->sub);
+    }
+}
+
+static const hub_sub_ops ws_ops = {.deliver = on_deliver};
+
+/* ---- liveness ---------------------------------------------------------------------- */
+
+static void ping_cb(loop *l, timer *t)
+{
+    client *c = (client *)((char *)t - offsetof(client, t));
+    if (c->state != C_OPEN)
+        return;
+    uint64_t idle = loop_now(l) - c->last_rx;
+    if (idle >= (uint64_t)cfg.ping_interval * 1000) {
+        if (c->ping_outstanding) {
+            R.st.dead_pings++;
+            log_debug("client silent for %llu ms after a ping: dropping", (unsigned long long)idle);
+            client_kill(c);
+            return;
+        }
+        c->ping_outstanding = true;
+        outq_push(&c->out, R.ping_frame);
+        client_flush(c);
+        if (c->state != C_OPEN)
+            return;
+        timer_start(l, t, (uint64_t)cfg.ping_interval * 1000);
+    } else {
+        timer_start(l, t, (uint64_t)cfg.ping_interval * 1000 - idle);
+    }
+}
+
+/* ---- reading -------------------------------------------------------------------------- */
+
+static void on_frames(client *c, const uint8_t *p, size_t n)
+{
+    c->last_rx = loop_now(R.l);
+    c->ping_outstanding = false;
+    while (n && c->state == C_OPEN) {
+        ws_event ev;
+        size_t used = ws_parser_feed(&c->parser, p, n, &ev);
+        p += used;
+        n -= used;
+        switch (ev.type) {
+        case WS_EV_NONE:
+            return;
+        case WS_EV_PING: {
+            uint8_t frame[WS_FRAME_HEADER_MAX + WS_CONTROL_MAX];
+            size_t fl = ws_frame_control(frame, WS_OP_PONG, ev.payload, ev.payload_len);
+            push_bytes(c, frame, fl);
+            client_flush(c);
+            break;
+        }
+        case WS_EV_PONG:
+        case WS_EV_MESSAGE:
+            break; /* client messages are validated and ignored */
+        case WS_EV_CLOSE: {
+            /* Echo the code (1000 when the peer gave none) and finish. */
+            uint16_t code = ev.code == WS_CLOSE_NO_STATUS ? WS_CLOSE_NORMAL : ev.code;
+            client_close(c, code, "", false, false);
+            return;
+        }
+        case WS_EV_ERROR:
+            R.st.protocol_errors++;
+            log_debug("protocol error from client: %u %s", ev.code, ev.reason);
+            client_close(c, ev.code, ev.reason, true, true);
+            return;
+        case WS_EV_CLOSED:
+            return;
+        }
+    }
+}
+
+static void refuse(client *c, int status)
+{
+    char resp[512];
+    size_t n = ws_handshake_response_error(resp, sizeof resp, status);
+    int k = status / 100;
+    if (k >= 1 && k <= 5)
+        R.st.refused[k]++;
+    client_finish(c, resp, n, true, false);
+}
+
+static void upgrade(client *c, const ws_request *req)
+{
+    char origin[512], host[512];
+    const char *origin_p = NULL;
+    if (req->origin.p) {
+        size_t n = req->origin.len < sizeof origin - 1 ? req->origin.len : sizeof origin - 1;
+        memcpy(origin, req->origin.p, n);
+        origin[n] = '\0';
+        origin_p = origin;
+    }
+    size_t hl = req->host.len < sizeof host - 1 ? req->host.len : sizeof host - 1;
+    memcpy(host, req->host.p, hl);
+    host[hl] = '\0';
+    if (!origin_allowed(cfg.origins, origin_p, origin_p ? strlen(origin) : 0, host, hl)) {
+        log_info("refused WebSocket from origin %s (host %s)", origin_p ? origin : "-", host);
+        refuse(c, 403);
+        return;
+    }
+    char path[64] = "";
+    if (req->path.len < sizeof path) {
+        memcpy(path, req->path.p, req->path.len);
+        path[req->path.len] = '\0';
+    }
+    if (api_route(path) != ROUTE_STATUS) {
+        refuse(c, 404);
+        return;
+    }
+    char query[2048] = "";
+    if (req->query.p) {
+        if (req->query.len >= sizeof query) {
+            refuse(c, 400);
+            return;
+        }
+        memcpy(query, req->query.p, req->query.len);
+        query[req->query.len] = '\0';
+    }
+    api_http http = {.method = "GET", .path = path, .query = query};
+    api_limits lim = {.max_content = 0, .default_timeout = 0, .max_timeout = 0};
+    api_poll p;
+    api_error err;
+    if (api_parse_poll(&http, &lim, &p, &err) < 0) {
+        refuse(c, err.status == 405 ? 400 : err.status);
+        return;
+    }
+    char accept[WS_ACCEPT_LEN + 1];
+    char resp[256];
+    if (!ws_handshake_accept_key(req->key.p, req->key.len, accept)) {
+        refuse(c, 400);
+        return;
+    }
+    size_t n = ws_handshake_response_101(resp, sizeof resp, accept);
+    push_bytes(c, resp, n);
+    R.st.upgrades++;
+    c->state = C_OPEN;
+    c->upgraded = true;
+    R.nopen++;
+    ws_parser_init(&c->parser, cfg.max_message);
+    c->last_rx = loop_now(R.l);
+    c->t.cb = ping_cb;
+    timer_start(R.l, &c->t, (uint64_t)cfg.ping_interval * 1000);
+    hub_sub_init(&c->sub, &ws_ops, true);
+    client_flush(c);
+    if (c->state != C_OPEN)
+        return;
+    hub_subscribe(R.h, &c->sub, p.channel, p.has_since, p.since, p.epoch);
+}
+
+static void handshake_read(client *c)
+{
+    if (!c->head)
+        c->head = xmalloc(HEAD_MAX);
+    ssize_t n = read(c->w.fd, c->head + c->head_len, HEAD_MAX - c->head_len);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        client_kill(c);
+        return;
+    }
+    c->head_len += (uint32_t)n;
+    ws_request req;
+    int rc = ws_handshake_parse(c->head, c->head_len, HEAD_MAX, &req);
+    if (rc == WS_HS_PARTIAL) {
+        if (c->head_len == HEAD_MAX)
+            refuse(c, 431);
+        return;
+    }
+    if (rc != WS_HS_OK) {
+        refuse(c, rc);
+        return;
+    }
+    size_t rest = c->head_len - req.head_len;
+    upgrade(c, &req);
+    if (c->state == C_OPEN && rest) {
+        /* Frames pipelined behind the handshake. */
+        uint8_t tmp[HEAD_MAX];
+        memcpy(tmp, c->head + req.head_len, rest);
+        free(c->head);
+        c->head = NULL;
+        on_frames(c, tmp, rest);
+        return;
+    }
+    free(c->head);
+    c->head = NULL;
+}
+
+static void client_io(loop *l, io_watch *w, uint32_t revents)
+{
+    (void)l;
+    client *c = (client *)((char *)w - offsetof(client, w));
+    if (revents & EPOLLERR) {
+        client_kill(c);
+        return;
+    }
+    if (revents & EPOLLOUT) {
+        client_flush(c);
+        if (c->state == C_DEAD)
+            return;
+    }
+    if (revents & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) {
+        if (c->state == C_HANDSHAKE) {
+            handshake_read(c);
+            return;
+        }
+        uint8_t tmp[READ_CHUNK];
+        for (int i = 0; i < 4 && c->state != C_DEAD; i++) {
+            ssize_t n = read(c->w.fd, tmp, sizeof tmp);
+            if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                return;
+            if (n <= 0) {
+                client_kill(c); /* EOF or reset: the peer is gone */
+                return;
+            }
+            if (c->state == C_OPEN)
+                on_frames(c, tmp, (size_t)n);
+            if ((size_t)n < sizeof tmp)
+                return;
+        }
+    }
+}
+
+static void handshake_deadline(loop *l, timer *t)
+{
+    (void)l;
+    client *c = (client *)((char *)t - offsetof(client, t));
+    if (c->state == C_HANDSHAKE)
+        client_kill(c);
+}
+
+/* ---- accepting ---------------------------------------------------------------------------- */
+
+static void listen_io(loop *l, io_watch *w, uint32_t revents)
+{
+    (void)revents;
+    for (int i = 0; i < 64 && R.accepting; i++) {
+        int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                log_warn("accept: %s; pausing accepts for 100 ms", strerror(errno));
+                R.accepting = false;
+                loop_del(l, &R.lw);
+                timer_start(l, &R.accept_retry, 100);
+            }
+            return;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (cfg.sndbuf) {
+            /* A small send buffer makes a client that stops reading show up
+             * in our own queue, which is bounded, instead of in the kernel. */
+            int sb = (int)cfg.sndbuf;
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sb, sizeof sb);
+        }
+        client *c = xcalloc(1, sizeof *c);
+        c->w.fd = fd;
+        c->w.cb = client_io;
+        c->t.cb = handshake_deadline;
+        c->state = C_HANDSHAKE;
+        c->next = R.clients;
+        if (R.clients)
+            R.clients->prev = c;
+        R.clients = c;
+        R.nclients++;
+        R.st.accepted++;
+        loop_add(l, &c->w, EPOLLIN | EPOLLRDHUP);
+        timer_start(l, &c->t, (uint64_t)cfg.handshake_timeout * 1000);
+        if (R.nclients >= cfg.max_clients) {
+            log_warn("%zu clients (--max-clients): pausing accepts", R.nclients);
+            R.accepting = false;
+            loop_del(l, &R.lw);
+            return;
+        }
+    }
+}
+
+static void accept_retry_cb(loop *l, timer *t)
+{
+    (void)t;
+    if (!R.accepting && !R.stopping && R.nclients < cfg.max_clients) {
+        R.accepting = true;
+        loop_add(l, &R.lw, EPOLLIN);
+    }
+}
+
+/* ---- metrics ---------------------------------------------------------------------------------- */
+
+static void metric(buf *o, const char *name, const char *type, const char *help, uint64_t v)
+{
+    buf_printf(o, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name,
+               (unsigned long long)v);
+}
+
+static void render_metrics(buf *o, void *ctx)
+{
+    (void)ctx;
+    hub_stats hs = hub_get_stats(R.h);
+    const broker_stats *bs = broker_get_stats(hub_broker(R.h));
+    metric(o, "pushwire_ws_clients", "gauge", "WebSocket clients connected now.", R.nopen);
+    metric(o, "pushwire_connections", "gauge", "TCP connections now (including handshakes).",
+           R.nclients);
+    metric(o, "pushwire_channels", "gauge", "Channels this process follows.", hs.channels);
+    metric(o, "pushwire_ws_upgrades_total", "counter", "Handshakes accepted.", R.st.upgrades);
+    buf_puts(o, "# HELP pushwire_ws_refused_total Handshakes refused, by status class.\n"
+                "# TYPE pushwire_ws_refused_total counter\n");
+    for (int k = 4; k <= 5; k++)
+        buf_printf(o, "pushwire_ws_refused_total{code=\"%dxx\"} %llu\n", k,
+                   (unsigned long long)R.st.refused[k]);
+    metric(o, "pushwire_messages_received_total", "counter", "Messages received from pub/sub.",
+           hs.live_messages);
+    metric(o, "pushwire_messages_delivered_total", "counter",
+           "Messages delivered to clients (one per client).", hs.messages_out);
+    metric(o, "pushwire_frames_queued_total", "counter", "Frames queued to clients.",
+           R.st.frames_out);
+    metric(o, "pushwire_slow_consumer_disconnects_total", "counter",
+           "Clients closed for not reading (1008).", R.st.slow_cutoffs);
+    metric(o, "pushwire_dead_clients_total", "counter", "Clients dropped for not answering pings.",
+           R.st.dead_pings);
+    metric(o, "pushwire_ws_protocol_errors_total", "counter", "Clients closed for protocol errors.",
+           R.st.protocol_errors);
+    metric(o, "pushwire_resyncs_total", "counter", "Channel resyncs from Redis history.",
+           hs.resyncs);
+    buf_printf(o, "# HELP pushwire_redis_up Redis connections ready (1) or not (0).\n"
+                  "# TYPE pushwire_redis_up gauge\n"
+                  "pushwire_redis_up{conn=\"commands\"} %d\npushwire_redis_up{conn=\"pubsub\"} %d\n",
+               broker_cmd_ready(hub_broker(R.h)), broker_sub_ready(hub_broker(R.h)));
+    metric(o, "pushwire_redis_reconnects_total", "counter", "Redis connections (re)established.",
+           bs->cmd_connects + bs->sub_connects);
+    metric(o, "pushwire_redis_timeouts_total", "counter", "Redis stalls detected.", bs->timeouts);
+    long rss_pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        long size;
+        if (fscanf(f, "%ld %ld", &size, &rss_pages) != 2)
+            rss_pages = 0;
+        fclose(f);
+    }
+    metric(o, "process_resident_memory_bytes", "gauge", "Resident memory.",
+           (uint64_t)rss_pages * (uint64_t)sysconf(_SC_PAGESIZE));
+}
+
+/* ---- start and stop ---------------------------------------------------------------------------- */
+
+static void stop_now(loop *l, timer *t)
+{
+    (void)t;
+    log_warn("shutdown grace period over with %zu connections open; exiting", R.nclients);
+    loop_stop(l);
+}
+
+static void begin_shutdown(const char *why)
+{
+    if (R.stopping)
+        return;
+    R.stopping = true;
+    log_info("%s: stopping (closing %zu WebSockets with 1001)", why, R.nopen);
+    if (R.accepting)
+        loop_del(R.l, &R.lw);
+    R.accepting = false;
+    close(R.lw.fd);
+    R.lw.fd = -1;
+    for (client *c = R.clients, *next; c; c = next) {
+        next = c->next;
+        if (c->state == C_OPEN)
+            client_close(c, WS_CLOSE_GOING_AWAY, "server shutting down", false, true);
+        else if (c->state == C_HANDSHAKE)
+            client_kill(c);
+    }
+    if (!R.clients)
+        loop_stop(R.l);
+    else
+        timer_start(R.l, &R.stop_timer, SHUTDOWN_GRACE);
+}
+
+static void signal_io(loop *l, io_watch *w, uint32_t revents)
+{
+    (void)l, (void)revents;
+    struct signalfd_siginfo si;
+    while (read(w->fd, &si, sizeof si) == sizeof si)
+        begin_shutdown(si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+static const opt_def options[] = {
+    {"listen", "PW_RELAY_LISTEN", OPT_STR, &cfg.listen, 0, 0, "ADDR",
+     "WebSocket listen address host:port (nginx proxies /status and /ws upgrades here)"},
+    {"redis", "REDIS_URL", OPT_STR, &cfg.redis, 0, 0, "URL",
+     "Redis: redis://[[user]:pass@]host[:port][/db] or unix:///path[?db=N]"},
+    {"prefix", "PW_PREFIX", OPT_STR, &cfg.prefix, 0, 0, "STR",
+     "prefix of every Redis key and pub/sub channel (same as the workers)"},
+    {"origins", "PW_ORIGINS", OPT_STR, &cfg.origins, 0, 0, "LIST",
+     "allowed Origins, comma-separated, or * (default: the request's own Host)"},
+    {"ping-interval", "PW_PING_INTERVAL", OPT_UINT, &cfg.ping_interval, 1, 3600, "SECONDS",
+     "ping a client idle this long; drop it if still silent one interval later"},
+    {"max-message", "PW_MAX_MESSAGE", OPT_UINT, &cfg.max_message, 125, 16 << 20, "BYTES",
+     "largest message a client may send (1009 above)"},
+    {"max-queue", "PW_MAX_QUEUE", OPT_UINT, &cfg.max_queue, 65536, 1 << 30, "BYTES",
+     "bytes queued for one client before it is closed with 1008"},
+    {"sndbuf", "PW_SNDBUF", OPT_UINT, &cfg.sndbuf, 0, 16 << 20, "BYTES",
+     "socket send buffer per client (0: the kernel's default)"},
+    {"max-clients", "PW_MAX_CLIENTS", OPT_UINT, &cfg.max_clients, 1, 1000000, "N",
+     "connections before accepting pauses (mind the open-file limit)"},
+    {"handshake-timeout", "PW_HANDSHAKE_TIMEOUT", OPT_UINT, &cfg.handshake_timeout, 1, 600,
+     "SECONDS", "time allowed for the opening handshake"},
+    {"redis-timeout", "PW_REDIS_TIMEOUT", OPT_UINT, &cfg.redis_timeout, 50, 600000, "MS",
+     "Redis unanswered this long counts as down"},
+    {"heartbeat", "PW_HEARTBEAT_MS", OPT_UINT, &cfg.heartbeat_ms, 50, 600000, "MS",
+     "heartbeat key refresh and pub/sub liveness probe interval"},
+    {"history-ttl", "PW_HISTORY_TTL", OPT_UINT, &cfg.history_ttl, 1, 315360000, "SECONDS",
+     "expiry of channel state the relay creates (same as the workers)"},
+    {"metrics", "PW_METRICS", OPT_STR, &cfg.metrics, 0, 0, "ADDR",
+     "serve Prometheus metrics at http://ADDR/metrics (keep it private)"},
+    {"backlog", "PW_BACKLOG", OPT_UINT, &cfg.backlog, 1, 65535, "N", "listen backlog"},
+    {"id", "PW_ID", OPT_STR, &cfg.id, 0, 0, "NAME",
+     "name in heartbeats and logs (default host:pid)"},
+    {"log-level", "PW_LOG_LEVEL", OPT_LEVEL, &cfg.log_level, 0, 0, "LEVEL",
+     "error, warn, info or debug"},
+    {0},
+};
+
+int main(int argc, char **argv)
+{
+    int rc = opts_parse(options, argc, argv, "pushwire-relay",
+                        "WebSocket relay of pushwire: ws://host/status?channel=C[&since=N&epoch=E]\n"
+                        "pushes every message of the channel as a JSON text frame.");
+    if (rc)
+        return rc > 0 ? 0 : 2;
+    char idbuf[160];
+    if (!cfg.id[0]) {
+        char host[64] = "localhost";
+        gethostname(host, sizeof host - 1);
+        snprintf(idbuf, sizeof idbuf, "%s:%d", host, (int)getpid());
+        cfg.id = idbuf;
+    }
+    log_init("pushwire-relay", cfg.log_level);
+    redis_url url;
+    const char *why;
+    if (redis_url_parse(cfg.redis, &url, &why) < 0) {
+        fprintf(stderr, "error: --redis: %s\n", why);
+        return 2;
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+
+    R.l = loop_new();
+    if (!R.l) {
+        log_error("epoll: %s", strerror(errno));
+        return 1;
+    }
+    char unix_path[108];
+    int lfd = net_listen(cfg.listen, (int)cfg.backlog, 1, unix_path, sizeof unix_path, &why);
+    if (lfd < 0) {
+        log_error("cannot listen on %s: %s", cfg.listen, why);
+        return 1;
+    }
+    R.lw.fd = lfd;
+    R.lw.cb = listen_io;
+    R.accept_retry.cb = accept_retry_cb;
+    R.stop_timer.cb = stop_now;
+    R.sigw.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    R.sigw.cb = signal_io;
+    loop_add(R.l, &R.sigw, EPOLLIN);
+
+    uint8_t ping[WS_FRAME_HEADER_MAX + WS_CONTROL_MAX];
+    size_t pl = ws_frame_control(ping, WS_OP_PING, (const uint8_t *)"pw", 2);
+    R.ping_frame = rbuf_new(ping, pl);
+
+    hub_config hc = {
+        .broker = {.url = url,
+                   .prefix = cfg.prefix,
+                   .timeout_ms = cfg.redis_timeout,
+                   .history = 1000,
+                   .history_ttl = cfg.history_ttl,
+                   .idem_ttl = 600,
+                   .heartbeat_ms = cfg.heartbeat_ms,
+                   .proc_kind = "relay",
+                   .proc_id = cfg.id},
+        .batch_bytes = 1 << 20,
+        .ring_bytes = 512 << 10,
+        .linger_ms = 60000,
+    };
+    R.h = hub_new(R.l, &hc);
+    hub_start(R.h);
+    if (cfg.metrics[0]) {
+        R.metrics = metrics_start(R.l, cfg.metrics, render_metrics, NULL, &why);
+        if (!R.metrics) {
+            log_error("cannot serve metrics on %s: %s", cfg.metrics, why);
+            return 1;
+        }
+    }
+    R.accepting = true;
+    loop_add(R.l, &R.lw, EPOLLIN);
+    log_info("listening on %s (redis %s, id %s%s%s)", cfg.listen, cfg.redis, cfg.id,
+             cfg.metrics[0] ? ", metrics " : "", cfg.metrics);
+
+    rc = loop_run(R.l);
+    if (rc < 0)
+        log_error("event loop failed: %s", strerror(errno));
+    while (R.clients)
+        client_kill(R.clients);
+    metrics_stop(R.metrics);
+    hub_free(R.h);
+    rbuf_unref(R.ping_frame);
+    if (R.lw.fd >= 0)
+        close(R.lw.fd);
+    if (unix_path[0])
+        unlink(unix_path);
+    close(R.sigw.fd);
+    loop_free(R.l);
+    log_info("stopped");
+    return rc < 0 ? 1 : 0;
+}
