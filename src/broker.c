@@ -279,6 +279,24 @@ static int cmd_send(broker *b, cmd *c, int argc, const char **argv, const size_t
     return 0;
 }
 
+/* Send argv (no retry copy) with on_reply; returns 0 or -1. */
+static int cmd_simple(broker *b, int argc, const char **argv, void (*on_reply)(broker *, cmd *, redisReply *),
+                      void *user_cb, void *user_arg)
+{
+    size_t lens[8];
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    cmd *c = xcalloc(1, sizeof *c);
+    c->on_reply = on_reply;
+    c->user_cb = user_cb;
+    c->user_arg = user_arg;
+    if (cmd_send(b, c, argc, argv, lens, false) < 0) {
+        cmd_free(c);
+        return -1;
+    }
+    return 0;
+}
+
 static void watchdog_cb(loop *l, timer *t)
 {
     broker *b = (broker *)((char *)t - offsetof(broker, watchdog));
@@ -469,6 +487,7 @@ static void conn_ready(rconn *c)
         log_info("redis commands connected (run_id %.12s, %s)", b->run_id,
                  lossless ? "appendfsync always: restarts keep epochs"
                           : "restarts of this server start a new epoch");
+        timer_start(b->l, &b->heartbeat, 0); /* announce ourselves now */
         if (b->hooks.cmd_up)
             b->hooks.cmd_up(b->hooks.ctx);
     } else {
@@ -570,17 +589,8 @@ static void handshake_reply(broker *b, cmd *c, redisReply *r)
 
 static void handshake_send(broker *b, enum hs_step step, int argc, const char **argv)
 {
-    size_t lens[8];
-    for (int i = 0; i < argc; i++)
-        lens[i] = strlen(argv[i]);
-    cmd *c = xcalloc(1, sizeof *c);
-    c->on_reply = handshake_reply;
-    c->user_arg = (void *)(intptr_t)step;
-    if (cmd_send(b, c, argc, argv, lens, false) < 0) {
-        cmd_free(c);
-        return;
-    }
-    b->handshake_left++;
+    if (cmd_simple(b, argc, argv, handshake_reply, NULL, (void *)(intptr_t)step) == 0)
+        b->handshake_left++;
 }
 
 static void sub_auth_reply(redisAsyncContext *ac, void *reply, void *privdata);
@@ -719,29 +729,87 @@ static void heartbeat_reply(broker *b, cmd *c, redisReply *r)
 
 static void ignore_reply(broker *b, cmd *c, redisReply *r) { (void)b, (void)c, (void)r; }
 
+/* Processes announce themselves in one sorted set, scored by the time of
+ * their last heartbeat: /healthz reads it; entries older than a minute are
+ * pruned, so a crashed process is reported down for about that long. */
+static void proc_member(const broker *b, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s:%s", b->cfg.proc_kind, b->cfg.proc_id);
+}
+
 static void heartbeat_cb(loop *l, timer *t)
 {
     broker *b = (broker *)((char *)t - offsetof(broker, heartbeat));
     timer_start(l, t, b->cfg.heartbeat_ms);
     if (b->cmdc.state != CONN_READY)
         return;
-    char key[256], val[64], ms[16], seq[24];
-    snprintf(key, sizeof key, "%shb:%s:%s", b->prefix, b->cfg.proc_kind, b->cfg.proc_id);
-    snprintf(val, sizeof val, "%lld", (long long)loop_wall_ms());
-    snprintf(ms, sizeof ms, "%u", b->cfg.heartbeat_ms * 3 + b->cfg.timeout_ms);
-    const char *set[5] = {"SET", key, val, "PX", ms};
-    size_t setl[5] = {3, strlen(key), strlen(val), 2, strlen(ms)};
-    cmd *c = xcalloc(1, sizeof *c);
-    c->on_reply = ignore_reply;
-    if (cmd_send(b, c, 5, set, setl, false) < 0)
-        cmd_free(c);
+    char key[96], member[256], now[24], old[24], seq[24];
+    long long ms = (long long)loop_wall_ms();
+    snprintf(key, sizeof key, "%sprocs", b->prefix);
+    proc_member(b, member, sizeof member);
+    snprintf(now, sizeof now, "%lld", ms);
+    snprintf(old, sizeof old, "(%lld", ms - BROKER_PROC_FORGET_MS);
+    const char *zadd[4] = {"ZADD", key, now, member};
+    cmd_simple(b, 4, zadd, ignore_reply, NULL, NULL);
+    const char *prune[4] = {"ZREMRANGEBYSCORE", key, "-inf", old};
+    cmd_simple(b, 4, prune, ignore_reply, NULL, NULL);
     snprintf(seq, sizeof seq, "%llu", (unsigned long long)++b->ping_seq);
     const char *pub[3] = {"PUBLISH", b->ping_channel, seq};
-    size_t publ[3] = {7, strlen(b->ping_channel), strlen(seq)};
-    c = xcalloc(1, sizeof *c);
-    c->on_reply = heartbeat_reply;
-    if (cmd_send(b, c, 3, pub, publ, false) < 0)
-        cmd_free(c);
+    cmd_simple(b, 3, pub, heartbeat_reply, NULL, NULL);
+}
+
+static void goodbye_reply(broker *b, cmd *c, redisReply *r)
+{
+    (void)b, (void)r;
+    ((void (*)(void *))c->user_cb)(c->user_arg);
+}
+
+int broker_goodbye(broker *b, void (*done)(void *arg), void *arg)
+{
+    if (b->cmdc.state != CONN_READY)
+        return -1;
+    timer_stop(b->l, &b->heartbeat);
+    char key[96], member[256];
+    snprintf(key, sizeof key, "%sprocs", b->prefix);
+    proc_member(b, member, sizeof member);
+    const char *zrem[3] = {"ZREM", key, member};
+    return cmd_simple(b, 3, zrem, goodbye_reply, (void *)done, arg);
+}
+
+static void procs_reply(broker *b, cmd *c, redisReply *r)
+{
+    broker_procs_result res = {0};
+    long long now = (long long)loop_wall_ms();
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements % 2) {
+        res.err = r ? BROKER_EREDIS : BROKER_EUNAVAIL;
+    } else {
+        res.n = r->elements / 2;
+        res.procs = res.n ? xcalloc(res.n, sizeof *res.procs) : NULL;
+        for (size_t i = 0; i < res.n; i++) {
+            redisReply *name = r->element[2 * i], *score = r->element[2 * i + 1];
+            long long v = 0;
+            if (name->type == REDIS_REPLY_STRING)
+                res.procs[i].name = name->str;
+            else
+                res.procs[i].name = "?";
+            if (score->type == REDIS_REPLY_STRING)
+                v = strtoll(score->str, NULL, 10);
+            res.procs[i].age_ms = now - v;
+            res.procs[i].alive = now - v <= 3 * (long long)b->cfg.heartbeat_ms + b->cfg.timeout_ms;
+        }
+    }
+    ((broker_procs_cb *)c->user_cb)(c->user_arg, &res);
+    free(res.procs);
+}
+
+int broker_procs(broker *b, broker_procs_cb *cb, void *arg)
+{
+    if (b->cmdc.state != CONN_READY)
+        return -1;
+    char key[96];
+    snprintf(key, sizeof key, "%sprocs", b->prefix);
+    const char *argv[5] = {"ZRANGE", key, "0", "-1", "WITHSCORES"};
+    return cmd_simple(b, 5, argv, procs_reply, (void *)cb, arg);
 }
 
 /* ---- scripts -------------------------------------------------------------------- */

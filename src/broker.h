@@ -109,4 +109,30 @@ typedef void broker_read_cb(void *arg, const broker_read_result *r);
 int broker_read(broker *b, const char *channel, bool has_since, uint64_t since, const char *epoch,
                 size_t budget, broker_read_cb *cb, void *arg);
 
+/* Heartbeats: every process scores itself in the sorted set PREFIXprocs
+ * with the time of its last heartbeat ("worker:ID", "relay:ID"). */
+#define BROKER_PROC_FORGET_MS 60000
+
+typedef struct broker_proc {
+    const char *name;  /* "kind:id", valid during the callback */
+    long long age_ms;  /* since its last heartbeat */
+    bool alive;        /* heartbeat within three intervals (plus the Redis timeout) */
+} broker_proc;
+
+typedef struct broker_procs_result {
+    int err;
+    broker_proc *procs;
+    size_t n;
+} broker_procs_result;
+typedef void broker_procs_cb(void *arg, const broker_procs_result *r);
+
+/* Read every process's heartbeat (for /healthz). Same return and callback
+ * rules as broker_publish. */
+int broker_procs(broker *b, broker_procs_cb *cb, void *arg);
+
+/* Remove this process from the heartbeat set (graceful stop) and stop
+ * heartbeating. done(arg) runs once Redis answered (or the connection
+ * failed). Returns -1 when not connected (done never runs). */
+int broker_goodbye(broker *b, void (*done)(void *arg), void *arg);
+
 #endif

@@ -91,6 +91,7 @@ static struct relay {
     io_watch lw;
     io_watch sigw;
     bool accepting, stopping;
+    bool goodbye_pending;
     metrics_srv *metrics;
     client *clients;
     size_t nclients, nopen;
@@ -103,6 +104,12 @@ static struct relay {
 } R;
 
 static void client_kill(client *c);
+
+static void maybe_stop(void)
+{
+    if (R.stopping && !R.clients && !R.goodbye_pending)
+        loop_stop(R.l);
+}
 
 /* ---- writing ------------------------------------------------------------------ */
 
@@ -134,8 +141,7 @@ static void client_kill(client *c)
         c->next->prev = c->prev;
     R.nclients--;
     loop_reap(R.l, &c->reap, client_reap);
-    if (R.stopping && !R.clients)
-        loop_stop(R.l);
+    maybe_stop();
     if (!R.accepting && !R.stopping && R.nclients < cfg.max_clients * 9 / 10) {
         R.accepting = true;
         loop_add(R.l, &R.lw, EPOLLIN);
@@ -622,11 +628,19 @@ static void stop_now(loop *l, timer *t)
     loop_stop(l);
 }
 
+static void goodbye_done(void *arg)
+{
+    (void)arg;
+    R.goodbye_pending = false;
+    maybe_stop();
+}
+
 static void begin_shutdown(const char *why)
 {
     if (R.stopping)
         return;
     R.stopping = true;
+    R.goodbye_pending = broker_goodbye(hub_broker(R.h), goodbye_done, NULL) == 0;
     log_info("%s: stopping (closing %zu WebSockets with 1001)", why, R.nopen);
     if (R.accepting)
         loop_del(R.l, &R.lw);
@@ -640,10 +654,8 @@ static void begin_shutdown(const char *why)
         else if (c->state == C_HANDSHAKE)
             client_kill(c);
     }
-    if (!R.clients)
-        loop_stop(R.l);
-    else
-        timer_start(R.l, &R.stop_timer, SHUTDOWN_GRACE);
+    timer_start(R.l, &R.stop_timer, SHUTDOWN_GRACE);
+    maybe_stop();
 }
 
 static void signal_io(loop *l, io_watch *w, uint32_t revents)

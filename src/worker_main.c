@@ -32,7 +32,7 @@
 #define SSE_RESUME_MAX  (256u << 10)
 #define SHUTDOWN_GRACE  5000
 
-enum req_kind { K_NONE, K_POLL, K_SSE, K_PUBLISH };
+enum req_kind { K_NONE, K_POLL, K_SSE, K_PUBLISH, K_HEALTH };
 enum req_phase { P_ACTIVE, P_WRITING, P_DONE };
 
 typedef struct req {
@@ -45,7 +45,8 @@ typedef struct req {
     uint16_t reqid;
     uint8_t kind;
     uint8_t phase;
-    bool fd_closed;    /* client gone while a publish was in flight */
+    bool fd_closed;    /* client gone while the broker held the request */
+    bool in_broker;    /* a broker callback will run with this request */
     bool sse_paused;   /* a batch with more waits for the queue to drain */
     bool no_wait;      /* timeout=0: answer as soon as the poll is up to date */
     char *pub_channel; /* publish: for the answer */
@@ -95,6 +96,7 @@ static struct worker {
     api_limits limits;
     size_t max_body;
     bool stopping;
+    bool goodbye_pending; /* our heartbeat entry is being removed */
     timer stop_timer;
     timer accept_retry;
     /* The last long-poll timeout answer, reused while it stays current. */
@@ -113,6 +115,14 @@ static struct worker {
 } W;
 
 static void req_close(req *r);
+
+/* While stopping, the loop ends once every request is answered and Redis
+ * has forgotten our heartbeat. */
+static void maybe_stop(void)
+{
+    if (W.stopping && !W.reqs && !W.goodbye_pending)
+        loop_stop(W.l);
+}
 
 /* ---- responses ---------------------------------------------------------------- */
 
@@ -164,8 +174,7 @@ static void req_close(req *r)
     r->w.fd = -1;
     req_unlink(r);
     loop_reap(W.l, &r->reap, req_reap);
-    if (W.stopping && !W.reqs)
-        loop_stop(W.l);
+    maybe_stop();
     if (!W.accepting && !W.stopping && W.nreqs < cfg.max_requests * 9 / 10) {
         W.accepting = true;
         loop_add(W.l, &W.lw, EPOLLIN);
@@ -463,6 +472,7 @@ static void handle_poll(req *r, const api_http *http)
 static void publish_done(void *arg, const broker_pub_result *res)
 {
     req *r = arg;
+    r->in_broker = false;
     if (r->fd_closed) {
         req_close(r); /* the client left; nothing to answer */
         return;
@@ -514,23 +524,68 @@ static void handle_publish(req *r, const fcgi_accepted *a)
                             publish_done, r);
     buf_free(&json);
     api_publish_free(&p);
+    r->in_broker = rc == 0;
     if (rc < 0) {
         W.st.publishes_failed++;
         req_unavailable(r, "Redis is unreachable; retry with the same Idempotency-Key");
     }
 }
 
-static void handle_health(req *r)
+/* /healthz: Redis reachable from this worker, and every process that
+ * heartbeats into Redis (workers, relays) alive. 503 names what is down. */
+static void health_answer(req *r, bool redis_ok, const broker_procs_result *pr)
 {
-    bool cmd = broker_cmd_ready(W.b), sub = broker_sub_ready(W.b);
     buf body = BUF_INIT;
-    buf_printf(&body, "{\"status\":\"%s\",\"redis\":{\"commands\":%s,\"pubsub\":%s}}\n",
-               cmd && sub ? "ok" : "down", cmd ? "true" : "false", sub ? "true" : "false");
-    if (cmd && sub)
+    bool cmd = W.b && broker_cmd_ready(W.b), sub = W.b && broker_sub_ready(W.b);
+    bool ok = redis_ok && cmd && sub;
+    static const char *const kinds[] = {"worker", "relay"};
+    buf_printf(&body, "{\"redis\":{\"commands\":%s,\"pubsub\":%s}", cmd ? "true" : "false",
+               sub ? "true" : "false");
+    for (int k = 0; k < 2; k++) {
+        size_t alive = 0, down = 0, kl = strlen(kinds[k]);
+        buf_printf(&body, ",\"%ss\":{\"down\":[", kinds[k]);
+        for (size_t i = 0; pr && i < pr->n; i++) {
+            const broker_proc *p = &pr->procs[i];
+            if (strncmp(p->name, kinds[k], kl) != 0 || p->name[kl] != ':')
+                continue;
+            if (p->alive) {
+                alive++;
+                continue;
+            }
+            if (down++)
+                buf_putc(&body, ',');
+            env_json_string(&body, p->name + kl + 1, strlen(p->name + kl + 1));
+            ok = false;
+        }
+        buf_printf(&body, "],\"alive\":%zu}", alive);
+    }
+    buf_printf(&body, ",\"status\":\"%s\"}\n", ok ? "ok" : "down");
+    if (ok)
         req_json(r, 200, &body, NULL);
     else
         req_json(r, 503, &body, "Retry-After: 1\r\n");
     buf_free(&body);
+}
+
+static void health_done(void *arg, const broker_procs_result *res)
+{
+    req *r = arg;
+    r->in_broker = false;
+    if (r->fd_closed) {
+        req_close(r);
+        return;
+    }
+    health_answer(r, res->err == BROKER_OK, res->err == BROKER_OK ? res : NULL);
+}
+
+static void handle_health(req *r)
+{
+    r->kind = K_HEALTH;
+    if (!broker_cmd_ready(W.b) || broker_procs(W.b, health_done, r) < 0) {
+        health_answer(r, false, NULL);
+        return;
+    }
+    r->in_broker = true;
 }
 
 /* ---- connections from nginx ----------------------------------------------------- */
@@ -556,7 +611,7 @@ static void req_io(loop *l, io_watch *w, uint32_t revents)
 gone:
     if (r->phase == P_ACTIVE)
         W.st.client_aborts++;
-    if (r->kind == K_PUBLISH && r->phase == P_ACTIVE) {
+    if (r->in_broker) {
         /* The broker still holds r: close the socket now, free later. */
         loop_del(W.l, &r->w);
         close(r->w.fd);
@@ -709,7 +764,21 @@ static void stop_now(loop *l, timer *t)
 {
     (void)t;
     log_warn("shutdown grace period over with %zu requests open; exiting", W.nreqs);
+    for (req *r = W.reqs, *next; r; r = next) {
+        next = r->next;
+        if (r->kind == K_POLL && r->phase == P_ACTIVE) {
+            hub_unsubscribe(W.h, &r->sub);
+            req_unavailable(r, "server is shutting down");
+        }
+    }
     loop_stop(l);
+}
+
+static void goodbye_done(void *arg)
+{
+    (void)arg;
+    W.goodbye_pending = false;
+    maybe_stop();
 }
 
 static void begin_shutdown(const char *why)
@@ -717,6 +786,7 @@ static void begin_shutdown(const char *why)
     if (W.stopping)
         return;
     W.stopping = true;
+    W.goodbye_pending = broker_goodbye(W.b, goodbye_done, NULL) == 0;
     log_info("%s: stopping (answering %zu held requests)", why, W.st.polls_held + W.st.sse_streams);
     if (W.accepting)
         loop_del(W.l, &W.lw);
@@ -730,7 +800,14 @@ static void begin_shutdown(const char *why)
         if (r->phase != P_ACTIVE)
             continue;
         if (r->kind == K_POLL) {
-            poll_timeout_answer(r);
+            /* Answer now what can be answered; a poll whose channel is
+             * still syncing is answered when it parks (on_parked). */
+            const char *e;
+            uint64_t n;
+            const rbuf *j;
+            r->no_wait = true;
+            if (hub_current(&r->sub, &e, &n, &j))
+                poll_timeout_answer(r);
         } else if (r->kind == K_SSE) {
             hub_unsubscribe(W.h, &r->sub);
             buf rec = BUF_INIT;
@@ -742,10 +819,8 @@ static void begin_shutdown(const char *why)
         }
         /* Publishes in flight finish on their own. */
     }
-    if (!W.reqs)
-        loop_stop(W.l);
-    else
-        timer_start(W.l, &W.stop_timer, SHUTDOWN_GRACE);
+    timer_start(W.l, &W.stop_timer, SHUTDOWN_GRACE);
+    maybe_stop();
 }
 
 static void signal_io(loop *l, io_watch *w, uint32_t revents)

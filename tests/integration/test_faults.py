@@ -82,6 +82,7 @@ def test_outage_gives_503_with_retry_after_and_recovers_by_itself(fresh_stack):
     assert st == 503 and json.loads(b)["status"] == "down"
     s.start_redis()
     wait_for(lambda: s.get("/healthz")[0] == 200, timeout=15, what="health to recover")
+    wait_for(lambda: redis_up(s), timeout=15, what="every worker to reconnect")
     st, doc = s.publish("back", channel=ch)
     assert st == 200 and doc["id"] == 1
 
@@ -213,3 +214,26 @@ def test_client_leaving_during_publish_loses_nothing(fresh_stack):
     wait_for(lambda: s.poll(channel=ch, since=0, timeout=0)[1]["messages"], timeout=5)
     st, doc, _ = s.poll(channel=ch, since=0, timeout=0)
     assert [m["content"] for m in doc["messages"]] == ["abandoned"]
+
+
+@pytest.mark.stack(workers=2, worker_args=["--heartbeat", "200", "--redis-timeout", "500"])
+def test_healthz_names_a_dead_worker_and_forgets_a_stopped_one(fresh_stack):
+    s = fresh_stack
+    st, h, b = s.get("/healthz")
+    doc = json.loads(b)
+    assert st == 200 and doc["status"] == "ok" and doc["workers"]["alive"] == 2
+    assert doc["workers"]["down"] == [] and doc["redis"] == {"commands": True, "pubsub": True}
+    s.workers[1].stop(signal.SIGKILL)
+    wait_for(lambda: s.get("/healthz")[0] == 503, timeout=10, what="healthz to report the crash")
+    st, h, b = s.get("/healthz")
+    doc = json.loads(b)
+    assert doc["status"] == "down" and doc["workers"]["down"] == ["w1"]
+    assert doc["workers"]["alive"] == 1 and "Retry-After" in h
+    s.start_worker(1)
+    wait_for(lambda: s.get("/healthz")[0] == 200, timeout=10, what="healthz to recover")
+    # A graceful stop removes the worker from the heartbeat set at once.
+    assert s.workers[1].stop() == 0
+    st, h, b = s.get("/healthz")
+    doc = json.loads(b)
+    assert st == 200 and doc["workers"] == {"down": [], "alive": 1}
+    s.start_worker(1)
