@@ -161,11 +161,11 @@ class Stack:
                  not self.redis or not self.redis.alive(), what="worker %d to reach Redis" % i)
         return p
 
-    def start_relay(self, i, extra=()):
+    def start_relay(self, i, extra=(), build=None):
         if i >= len(self.relay_ports):
             self.relay_ports.append(free_port())
             self.relay_metrics.append(free_port())
-        argv = [os.path.join(BUILD, "pushwire-relay"), "--listen", "127.0.0.1:%d" % self.relay_ports[i],
+        argv = [os.path.join(build or BUILD, "pushwire-relay"), "--listen", "127.0.0.1:%d" % self.relay_ports[i],
                 "--metrics", "127.0.0.1:%d" % self.relay_metrics[i], "--id", "r%d" % i] + \
             self.relay_args + list(extra)
         p = Proc("relay-%d" % i, argv, self.path("relay-%d.log" % i), self.env()).start()
