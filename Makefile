@@ -37,9 +37,9 @@ CFLAGS  ?=
 CFLAGS  += $(CSTD) $(OPT) $(WARN) $(DEPFLAGS)
 LDFLAGS += $(LDSAN)
 
-WORKER_LIBS = -lfcgi -lhiredis -ljansson
+WORKER_LIBS = -lhiredis -ljansson
 RELAY_LIBS  = -lhiredis -ljansson -lcrypto
-ALL_LIBS    = -lfcgi -lhiredis -ljansson -lcrypto
+ALL_LIBS    = -lhiredis -ljansson -lcrypto
 
 MAINS     = src/worker_main.c src/relay_main.c
 CORE_SRCS = $(filter-out $(MAINS),$(wildcard src/*.c))
@@ -93,9 +93,10 @@ test check:
 	$(MAKE) all
 	$(MAKE) SAN=1 unit
 	$(MAKE) SAN=1 integration PW_PLAIN_BUILD=$(abspath build)
+	scripts/run-fuzz $(or $(FUZZ_SECONDS),10)
 
 fuzz:
-	@scripts/run-fuzz $(FUZZ_SECONDS)
+	@scripts/run-fuzz $(or $(FUZZ_SECONDS),60)
 
 bench: deps all
 	@BUILD_DIR=$(BUILD) bench/run $(if $(QUICK),--quick)

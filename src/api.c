@@ -346,12 +346,13 @@ int api_parse_poll(const api_http *in, const api_limits *lim, api_poll *out, api
 {
     memset(out, 0, sizeof *out);
     out->timeout = lim->default_timeout;
-    if (!in->method || (strcmp(in->method, "GET") != 0 && strcmp(in->method, "HEAD") != 0)) {
+    if (!in->method || strcmp(in->method, "GET") != 0) {
         fail(err, 405, "method not allowed: use GET");
         err->allow = "GET";
         return -1;
     }
     bool have_channel = false, have_epoch = false, have_timeout = false;
+    uint64_t raw_timeout = 0;
     form_iter it;
     const char *k, *v;
     size_t kl, vl;
@@ -386,9 +387,10 @@ int api_parse_poll(const api_http *in, const api_limits *lim, api_poll *out, api
             uint64_t t;
             if (decode_small(v, vl, val, 20, &n) < 0 || env_parse_u64(val, n, &t) < 0)
                 return fail(err, 400, "invalid timeout: whole seconds");
-            if (have_timeout && t != out->timeout)
+            if (have_timeout && t != raw_timeout)
                 return fail(err, 400, "two different timeout values");
             have_timeout = true;
+            raw_timeout = t;
             out->timeout = t > lim->max_timeout ? lim->max_timeout : (unsigned)t;
         }
     }
@@ -401,9 +403,10 @@ int api_parse_poll(const api_http *in, const api_limits *lim, api_poll *out, api
         const char *lei = in->last_event_id;
         const char *colon = strrchr(lei, ':');
         uint64_t s;
-        if (colon && env_parse_u64(colon + 1, strlen(colon + 1), &s) == 0) {
-            size_t el = (size_t)(colon - lei);
-            if (!have_epoch && el && el <= PW_EPOCH_MAX && epoch_valid(lei, el)) {
+        size_t el = colon ? (size_t)(colon - lei) : 0;
+        if (colon && env_parse_u64(colon + 1, strlen(colon + 1), &s) == 0 && el &&
+            el <= PW_EPOCH_MAX && epoch_valid(lei, el)) {
+            if (!have_epoch) {
                 memcpy(out->epoch, lei, el);
                 out->epoch[el] = '\0';
             }

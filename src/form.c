@@ -70,15 +70,26 @@ ssize_t form_decode(const char *in, size_t len, char *out)
 
 bool form_key_is(const char *k, size_t klen, const char *name)
 {
-    size_t nlen = strlen(name);
-    if (klen == nlen && memcmp(k, name, nlen) == 0)
-        return true;
-    /* Rare: an encoded key ("cont%65nt"). Decode into a small buffer. */
-    if (klen > 3 * nlen || !memchr(k, '%', klen))
-        return false;
-    char tmp[192];
-    if (klen > sizeof tmp)
-        return false;
-    ssize_t n = form_decode(k, klen, tmp);
-    return n == (ssize_t)nlen && memcmp(tmp, name, nlen) == 0;
+    /* Decode on the fly and compare, so keys of any length work. */
+    size_t n = 0, i = 0;
+    while (i < klen) {
+        char c = k[i];
+        if (c == '+') {
+            c = ' ';
+            i++;
+        } else if (c == '%') {
+            int hi, lo;
+            if (klen - i < 3 || (hi = hexval((unsigned char)k[i + 1])) < 0 ||
+                (lo = hexval((unsigned char)k[i + 2])) < 0)
+                return false;
+            c = (char)(hi << 4 | lo);
+            i += 3;
+        } else {
+            i++;
+        }
+        if (name[n] == '\0' || name[n] != c)
+            return false;
+        n++;
+    }
+    return name[n] == '\0';
 }

@@ -177,7 +177,10 @@ static void run_reaps(loop *l)
 
 static void run_timers(loop *l)
 {
-    while (l->count && l->heap[1]->deadline <= l->now) {
+    /* Only timers due when this round began: one re-armed with delay 0 from
+     * its callback runs in the next round, after I/O, not in a busy loop. */
+    size_t budget = l->count;
+    while (budget-- && l->count && l->heap[1]->deadline <= l->now) {
         timer *t = l->heap[1];
         timer_stop(l, t);
         t->cb(l, t);

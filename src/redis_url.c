@@ -15,7 +15,7 @@ static int copy_decoded(char *dst, size_t cap, const char *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (s[i] == '%') {
             char tmp[3];
-            if (n - i < 3 || form_decode(s + i, 3, tmp) != 1)
+            if (n - i < 3 || form_decode(s + i, 3, tmp) != 1 || tmp[0] == '\0')
                 return -1;
             dst[o++] = tmp[0];
             i += 2;

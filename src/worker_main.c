@@ -12,18 +12,20 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "api.h"
 #include "broker.h"
 #include "buf.h"
 #include "envelope.h"
-#include "fcgi_park.h"
+#include "fcgi_proto.h"
 #include "fcgi_record.h"
 #include "hub.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "net.h"
 #include "opts.h"
 #include "outq.h"
 #include "redis_url.h"
@@ -33,7 +35,10 @@
 #define SHUTDOWN_GRACE  5000
 
 enum req_kind { K_NONE, K_POLL, K_SSE, K_PUBLISH, K_HEALTH };
-enum req_phase { P_ACTIVE, P_WRITING, P_DONE };
+/* A connection from nginx carries one request at a time: IDLE (kept alive,
+ * waiting for the next BEGIN_REQUEST), ACTIVE (being answered or held),
+ * WRITING (the final answer is queued), DONE (closed, reaped soon). */
+enum req_phase { P_IDLE, P_ACTIVE, P_WRITING, P_DONE };
 
 typedef struct req {
     io_watch w;
@@ -41,10 +46,12 @@ typedef struct req {
     hub_sub sub;
     timer tmo; /* long-poll timeout, or EventSource heartbeat */
     outq out;
+    fcgi_parser fp;
     struct req *prev, *next;
     uint16_t reqid;
     uint8_t kind;
     uint8_t phase;
+    bool keep_conn;    /* nginx keeps the connection for the next request */
     bool fd_closed;    /* client gone while the broker held the request */
     bool in_broker;    /* a broker callback will run with this request */
     bool sse_paused;   /* a batch with more waits for the queue to drain */
@@ -88,6 +95,7 @@ static struct worker {
     broker *b;
     io_watch lw;
     bool accepting;
+    size_t nidle; /* kept-alive connections without a request */
     char unix_path[108];
     io_watch sigw;
     metrics_srv *metrics;
@@ -130,6 +138,7 @@ static void req_reap(reap_node *n)
 {
     req *r = (req *)((char *)n - offsetof(req, reap));
     free(r->pub_channel);
+    fcgi_parser_free(&r->fp);
     free(r);
 }
 
@@ -161,6 +170,8 @@ static void req_close(req *r)
         W.st.polls_held--;
     if (r->kind == K_SSE)
         W.st.sse_streams--;
+    if (r->phase == P_IDLE)
+        W.nidle--;
     r->phase = P_DONE;
     if (W.h)
         hub_unsubscribe(W.h, &r->sub);
@@ -181,7 +192,27 @@ static void req_close(req *r)
     }
 }
 
-/* Write what is queued; close when a final answer is fully sent. */
+/* The final answer is written: keep the connection for nginx's next
+ * request when it asked for that, else close. */
+static void req_done(req *r)
+{
+    if (!r->keep_conn || W.stopping) {
+        req_close(r);
+        return;
+    }
+    if (r->kind == K_SSE)
+        W.st.sse_streams--;
+    timer_stop(W.l, &r->tmo);
+    free(r->pub_channel);
+    r->pub_channel = NULL;
+    r->kind = K_NONE;
+    r->phase = P_IDLE;
+    r->no_wait = r->sse_paused = false;
+    W.nidle++;
+    loop_mod(W.l, &r->w, EPOLLIN | EPOLLRDHUP);
+}
+
+/* Write what is queued; finish when a final answer is fully sent. */
 static void req_flush(req *r)
 {
     int rc = outq_write(&r->out, r->w.fd);
@@ -194,7 +225,7 @@ static void req_flush(req *r)
         return;
     }
     if (r->phase == P_WRITING) {
-        req_close(r);
+        req_done(r);
         return;
     }
     loop_mod(W.l, &r->w, EPOLLIN | EPOLLRDHUP);
@@ -494,20 +525,20 @@ static void publish_done(void *arg, const broker_pub_result *res)
     buf_free(&body);
 }
 
-static void handle_publish(req *r, const fcgi_accepted *a)
+static void handle_publish(req *r, const api_http *http, bool too_large)
 {
     api_error err;
-    if (api_check_publish_auth(a->http.authorization, cfg.publish_token, &err) < 0) {
+    if (api_check_publish_auth(http->authorization, cfg.publish_token, &err) < 0) {
         req_error(r, err.status, err.message,
                   err.status == 401 ? "WWW-Authenticate: Bearer realm=\"pushwire\"\r\n" : NULL);
         return;
     }
-    if (a->body_too_large) {
+    if (too_large) {
         req_error(r, 413, "content too large", NULL);
         return;
     }
     api_publish p;
-    if (api_parse_publish(&a->http, &W.limits, &p, &err) < 0) {
+    if (api_parse_publish(http, &W.limits, &p, &err) < 0) {
         req_error(r, err.status, err.message, err.allow ? "Allow: POST\r\n" : NULL);
         return;
     }
@@ -590,25 +621,54 @@ static void handle_health(req *r)
 
 /* ---- connections from nginx ----------------------------------------------------- */
 
-static void req_io(loop *l, io_watch *w, uint32_t revents)
+/* A complete request arrived on r: answer it or hold it. */
+static void dispatch(req *r)
 {
-    (void)l;
-    req *r = (req *)((char *)w - offsetof(req, w));
-    if (revents & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
-        goto gone;
+    fcgi_parser *fp = &r->fp;
+    api_http http = {
+        .method = fcgi_param(fp, FP_REQUEST_METHOD),
+        .path = fcgi_param(fp, FP_DOCUMENT_URI),
+        .query = fcgi_param(fp, FP_QUERY_STRING),
+        .content_type = fcgi_param(fp, FP_CONTENT_TYPE),
+        .accept = fcgi_param(fp, FP_HTTP_ACCEPT),
+        .idempotency_key = fcgi_param(fp, FP_HTTP_IDEMPOTENCY_KEY),
+        .authorization = fcgi_param(fp, FP_HTTP_AUTHORIZATION),
+        .last_event_id = fcgi_param(fp, FP_HTTP_LAST_EVENT_ID),
+        .body = fp->body.data ? fp->body.data : "",
+        .body_len = fp->body.len,
+    };
+    W.st.requests++;
+    W.nidle--;
+    r->reqid = fp->reqid;
+    r->keep_conn = fp->keep_conn;
+    r->phase = P_ACTIVE;
+    r->kind = K_NONE;
+    hub_sub_init(&r->sub, NULL, false);
+    log_debug("%s %s?%s", http.method ? http.method : "-", http.path ? http.path : "-",
+              http.query ? http.query : "");
+    switch (api_route(http.path)) {
+    case ROUTE_CHAT:
+        handle_publish(r, &http, fp->body_too_large);
+        break;
+    case ROUTE_STATUS:
+        handle_poll(r, &http);
+        break;
+    case ROUTE_HEALTHZ:
+        handle_health(r);
+        break;
+    default:
+        req_error(r, 404, "not found", NULL);
+        break;
     }
-    if (revents & EPOLLIN) {
-        /* nginx sends nothing after the request; data or EOF means the
-         * client went away (nginx closed the upstream connection). */
-        char tmp[512];
-        ssize_t n = read(r->w.fd, tmp, sizeof tmp);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
-            goto gone;
-    }
-    if (revents & EPOLLOUT)
-        req_flush(r);
-    return;
-gone:
+    /* Nothing of the request is needed any more: a held request keeps only
+     * its hub subscription, not the parameters or the body. */
+    if (r->phase != P_DONE)
+        fcgi_parser_next(fp);
+}
+
+/* The client (or nginx) went away. */
+static void req_gone(req *r)
+{
     if (r->phase == P_ACTIVE)
         W.st.client_aborts++;
     if (r->in_broker) {
@@ -621,60 +681,107 @@ gone:
     req_close(r);
 }
 
+static void req_read(req *r)
+{
+    uint8_t data[65536];
+    for (;;) {
+        ssize_t n = read(r->w.fd, data, sizeof data);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return;
+            req_gone(r);
+            return;
+        }
+        if (n == 0) {
+            req_gone(r); /* EOF: nginx closed the connection */
+            return;
+        }
+        size_t off = 0;
+        while (off < (size_t)n && r->phase != P_DONE && !r->fd_closed) {
+            fcgi_ev ev;
+            off += fcgi_parser_feed(&r->fp, data + off, (size_t)n - off, &ev);
+            switch (ev.type) {
+            case FCGI_EV_NONE:
+                break;
+            case FCGI_EV_REQUEST:
+                if (r->phase != P_IDLE) {
+                    log_warn("FastCGI request on a busy connection: closing it");
+                    req_close(r);
+                    return;
+                }
+                dispatch(r);
+                break;
+            case FCGI_EV_ABORT:
+                req_gone(r);
+                return;
+            case FCGI_EV_MANAGEMENT: {
+                rbuf *rb = rbuf_new(ev.reply, ev.reply_len);
+                outq_push(&r->out, rb);
+                rbuf_unref(rb);
+                req_flush(r);
+                break;
+            }
+            case FCGI_EV_ERROR:
+                log_warn("FastCGI protocol error: %s; closing the connection", ev.error);
+                req_close(r);
+                return;
+            }
+        }
+        if (r->phase == P_DONE || r->fd_closed || (size_t)n < sizeof data)
+            return;
+    }
+}
+
+static void req_io(loop *l, io_watch *w, uint32_t revents)
+{
+    (void)l;
+    req *r = (req *)((char *)w - offsetof(req, w));
+    if (revents & EPOLLOUT) {
+        req_flush(r);
+        if (r->phase == P_DONE)
+            return;
+    }
+    if (revents & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP))
+        req_read(r); /* finds the EOF or error itself */
+}
+
 static void accept_some(void)
 {
-    for (int i = 0; i < 64 && W.accepting; i++) {
-        fcgi_accepted a;
-        int rc = fcgi_accept(W.lw.fd, W.max_body, &a);
-        if (rc == 0)
-            return;
-        if (rc < 0) {
+    for (int i = 0; i < 128 && W.accepting; i++) {
+        int fd = accept4(W.lw.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 log_warn("accept: %s; pausing accepts for 100 ms", strerror(errno));
                 W.accepting = false;
                 loop_del(W.l, &W.lw);
                 timer_start(W.l, &W.accept_retry, 100);
-                return;
+            } else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+                log_error("accept failed: %s", strerror(errno));
             }
-            log_error("accept failed: %s", strerror(errno));
             return;
         }
-        W.st.requests++;
         req *r = xcalloc(1, sizeof *r);
-        r->w.fd = a.fd;
+        r->w.fd = fd;
         r->w.cb = req_io;
         r->tmo.cb = tmo_cb;
-        r->reqid = a.reqid;
+        r->phase = P_IDLE;
+        fcgi_parser_init(&r->fp, 65536, W.max_body);
         r->next = W.reqs;
         if (W.reqs)
             W.reqs->prev = r;
         W.reqs = r;
         W.nreqs++;
+        W.nidle++;
         if (loop_add(W.l, &r->w, EPOLLIN | EPOLLRDHUP) < 0) {
             log_error("epoll_ctl: %s", strerror(errno));
             req_close(r);
-            fcgi_accepted_free(&a);
             continue;
         }
-        log_debug("%s %s?%s", a.http.method ? a.http.method : "-",
-                  a.http.path ? a.http.path : "-", a.http.query ? a.http.query : "");
-        switch (api_route(a.http.path)) {
-        case ROUTE_CHAT:
-            handle_publish(r, &a);
-            break;
-        case ROUTE_STATUS:
-            handle_poll(r, &a.http);
-            break;
-        case ROUTE_HEALTHZ:
-            handle_health(r);
-            break;
-        default:
-            req_error(r, 404, "not found", NULL);
-            break;
-        }
-        fcgi_accepted_free(&a);
+        /* nginx writes the request right after connecting: it is usually
+         * here already, and reading now saves a trip through epoll. */
+        req_read(r);
         if (W.nreqs >= cfg.max_requests && W.accepting) {
-            log_warn("%zu requests open (--max-requests): pausing accepts", W.nreqs);
+            log_warn("%zu connections open (--max-requests): pausing accepts", W.nreqs);
             W.accepting = false;
             loop_del(W.l, &W.lw);
         }
@@ -712,7 +819,10 @@ static void render_metrics(buf *o, void *ctx)
     metric(o, "pushwire_held_longpolls", "gauge", "Long-poll requests held now.", W.st.polls_held);
     metric(o, "pushwire_eventsource_streams", "gauge", "EventSource streams open now.",
            W.st.sse_streams);
-    metric(o, "pushwire_open_requests", "gauge", "FastCGI requests open now.", W.nreqs);
+    metric(o, "pushwire_open_requests", "gauge", "FastCGI requests being answered or held now.",
+           W.nreqs - W.nidle);
+    metric(o, "pushwire_fastcgi_connections", "gauge",
+           "Connections from nginx now (kept-alive idle ones included).", W.nreqs);
     metric(o, "pushwire_channels", "gauge", "Channels this process follows.", hs.channels);
     metric(o, "pushwire_requests_total", "counter", "FastCGI requests accepted.", W.st.requests);
     buf_puts(o, "# HELP pushwire_responses_total Answers sent, by status class.\n"
@@ -797,6 +907,10 @@ static void begin_shutdown(const char *why)
         unlink(W.unix_path);
     for (req *r = W.reqs, *next; r; r = next) {
         next = r->next;
+        if (r->phase == P_IDLE) {
+            req_close(r); /* nginx reconnects to another worker */
+            continue;
+        }
         if (r->phase != P_ACTIVE)
             continue;
         if (r->kind == K_POLL) {
@@ -902,17 +1016,13 @@ int main(int argc, char **argv)
         cfg.poll_timeout = cfg.max_poll_timeout;
     raise_nofile();
 
-    /* Termination signals arrive on a signalfd; block them before anything
-     * (libfcgi included) can install handlers that would run instead. */
+    /* Termination signals arrive on a signalfd. */
     sigset_t mask;
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
     sigprocmask(SIG_BLOCK, &mask, NULL);
-    if (fcgi_init() < 0) {
-        log_error("FCGX_Init failed");
-        return 1;
-    }
+    signal(SIGPIPE, SIG_IGN);
 
     W.l = loop_new();
     if (!W.l) {
@@ -926,7 +1036,7 @@ int main(int argc, char **argv)
      * (3 bytes) or JSON-escaped (up to 6), plus the other fields. */
     W.max_body = (size_t)cfg.max_content * 6 + 4096;
 
-    int lfd = fcgi_listen(cfg.listen, (int)cfg.backlog, 2000, W.unix_path, sizeof W.unix_path, &why);
+    int lfd = net_listen(cfg.listen, (int)cfg.backlog, 0, W.unix_path, sizeof W.unix_path, &why);
     if (lfd < 0) {
         log_error("cannot listen on %s: %s", cfg.listen, why);
         return 1;

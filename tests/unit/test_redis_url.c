@@ -1,0 +1,188 @@
+/* test_redis_url.c - cmocka tests for REDIS_URL parsing (redis_url.h):
+ * every accepted form with its exact fields, and refusals with a reason.
+ * No I/O.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "redis_url.h"
+
+typedef struct want {
+    const char *host;
+    int port;
+    const char *path;
+    const char *user;
+    const char *password;
+    int db;
+} want;
+
+static void expect_url(const char *s, const want *w)
+{
+    redis_url u;
+    const char *why = NULL;
+    /* Garbage first: the parser must reset every field. */
+    memset(&u, 'X', sizeof u);
+    int rc = redis_url_parse(s, &u, &why);
+    if (rc != 0)
+        fail_msg("[%s] refused: %s", s, why ? why : "(no reason)");
+    assert_string_equal(u.host, w->host);
+    assert_int_equal(u.port, w->port);
+    assert_string_equal(u.path, w->path);
+    assert_string_equal(u.user, w->user);
+    assert_string_equal(u.password, w->password);
+    assert_int_equal(u.db, w->db);
+}
+
+static void expect_refused(const char *s)
+{
+    redis_url u;
+    const char *why = NULL;
+    int rc = redis_url_parse(s, &u, &why);
+    if (rc != -1)
+        fail_msg("[%s] accepted (host [%s] port %d path [%s] db %d)", s ? s : "(null)", u.host,
+                 u.port, u.path, u.db);
+    assert_non_null(why);
+    assert_true(strlen(why) > 0);
+}
+
+static void test_tcp_forms(void **state)
+{
+    (void)state;
+    expect_url("redis://localhost", &(want){"localhost", 6379, "", "", "", 0});
+    expect_url("redis://h:6380/2", &(want){"h", 6380, "", "", "", 2});
+    expect_url("redis://:pa%40ss@h", &(want){"h", 6379, "", "", "pa@ss", 0});
+    expect_url("redis://user:pw@h:1/0", &(want){"h", 1, "", "user", "pw", 0});
+    expect_url("redis://[::1]:6379", &(want){"::1", 6379, "", "", "", 0});
+    expect_url("redis://[::1]", &(want){"::1", 6379, "", "", "", 0});
+    expect_url("redis://[2001:db8::7]:7000/1", &(want){"2001:db8::7", 7000, "", "", "", 1});
+    expect_url("h:7000", &(want){"h", 7000, "", "", "", 0});
+    expect_url("h", &(want){"h", 6379, "", "", "", 0});
+    expect_url("127.0.0.1:6379", &(want){"127.0.0.1", 6379, "", "", "", 0});
+    expect_url("redis://h/", &(want){"h", 6379, "", "", "", 0});
+    expect_url("redis://h:65535/1048576", &(want){"h", 65535, "", "", "", 1048576});
+    expect_url("redis://secret@h", &(want){"h", 6379, "", "", "secret", 0});
+    expect_url("redis://u:p%3Aq%2F%25@h", &(want){"h", 6379, "", "u", "p:q/%", 0});
+    /* '+' is literal in userinfo; the last '@' ends it; ':' splits once. */
+    expect_url("redis://a+b:c+d@h", &(want){"h", 6379, "", "a+b", "c+d", 0});
+    expect_url("redis://u:p@ss@h:2", &(want){"h", 2, "", "u", "p@ss", 0});
+    expect_url("redis://u:a:b@h", &(want){"h", 6379, "", "u", "a:b", 0});
+    expect_url("redis://:@h", &(want){"h", 6379, "", "", "", 0});
+    expect_url("redis://my-redis.example.com:16379/15",
+               &(want){"my-redis.example.com", 16379, "", "", "", 15});
+}
+
+static void test_unix_forms(void **state)
+{
+    (void)state;
+    expect_url("unix:///tmp/r.sock", &(want){"", 6379, "/tmp/r.sock", "", "", 0});
+    expect_url("unix:///tmp/r.sock?db=3", &(want){"", 6379, "/tmp/r.sock", "", "", 3});
+    expect_url("unix:///", &(want){"", 6379, "/", "", "", 0});
+    /* The longest path that fits sun_path (107 bytes + NUL). */
+    char url[200], path[120];
+    memset(path, 'p', sizeof path);
+    path[0] = '/';
+    path[107] = '\0';
+    strcpy(url, "unix://");
+    strcat(url, path);
+    expect_url(url, &(want){"", 6379, path, "", "", 0});
+    path[107] = 'p';
+    path[108] = '\0';
+    strcpy(url, "unix://");
+    strcat(url, path);
+    expect_refused(url);
+}
+
+static void test_refusals(void **state)
+{
+    (void)state;
+    expect_refused(NULL);
+    expect_refused("");
+    expect_refused("http://x");
+    expect_refused("rediss://h");
+    expect_refused("tcp://h:1");
+    expect_refused("redis://h:0");
+    expect_refused("redis://h:70000");
+    expect_refused("redis://h:65536");
+    expect_refused("redis://h:-1");
+    expect_refused("redis://h:+1");
+    expect_refused("redis://h: 1");
+    expect_refused("redis://h:");
+    expect_refused("redis://h:12ab");
+    expect_refused("redis://h:1234567890");
+    expect_refused("redis://h/x");
+    expect_refused("redis://h/1x");
+    expect_refused("redis://h/-1");
+    expect_refused("redis://h/1048577");
+    expect_refused("redis://h/1/2");
+    expect_refused("redis://");
+    expect_refused("redis://:6379");
+    expect_refused("redis://u:p@");
+    expect_refused("redis://u:p@:1");
+    expect_refused("redis:///0");
+    expect_refused("redis://[::1");
+    expect_refused("redis://[::1]x");
+    expect_refused("redis://[::1]:");
+    expect_refused("redis://[]:6379");
+    expect_refused("redis://:pa%4@h");
+    expect_refused("redis://:pa%zz@h");
+    expect_refused("redis://us%er:p@h");
+    expect_refused("unix://rel/path");
+    expect_refused("unix://");
+    expect_refused("unix://?db=1");
+    expect_refused("unix:///tmp/r.sock?db=");
+    expect_refused("unix:///tmp/r.sock?db=x");
+    expect_refused("unix:///tmp/r.sock?x=1");
+    expect_refused("unix:///tmp/r.sock?db=1&x=2");
+    /* Over-long fields. */
+    char url[700];
+    strcpy(url, "redis://");
+    memset(url + 8, 'h', 256);
+    url[8 + 256] = '\0';
+    expect_refused(url); /* host of 256 */
+    url[8 + 255] = '\0';
+    expect_url(url, &(want){url + 8, 6379, "", "", "", 0}); /* 255 fits */
+    strcpy(url, "redis://:");
+    memset(url + 9, 'p', 256);
+    strcpy(url + 9 + 256, "@h");
+    expect_refused(url); /* password of 256 */
+    strcpy(url, "redis://");
+    memset(url + 8, 'u', 128);
+    strcpy(url + 8 + 128, ":p@h");
+    expect_refused(url); /* user of 128 */
+}
+
+static void test_percent_decoding(void **state)
+{
+    (void)state;
+    /* Percent escapes are decoded in user and password only, and the size
+     * limit applies to the encoded form. */
+    char url[800];
+    strcpy(url, "redis://:");
+    size_t o = strlen(url);
+    for (int i = 0; i < 85; i++) {
+        memcpy(url + o, "%41", 3);
+        o += 3;
+    }
+    strcpy(url + o, "@h");
+    char pw[86];
+    memset(pw, 'A', 85);
+    pw[85] = '\0';
+    expect_url(url, &(want){"h", 6379, "", "", pw, 0});
+    expect_url("redis://%75ser:%70w@h", &(want){"h", 6379, "", "user", "pw", 0});
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tcp_forms),
+        cmocka_unit_test(test_unix_forms),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_percent_decoding),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
