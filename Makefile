@@ -99,7 +99,9 @@ fuzz:
 	@scripts/run-fuzz $(or $(FUZZ_SECONDS),60)
 
 bench: deps all
-	@BUILD_DIR=$(BUILD) bench/run $(if $(QUICK),--quick)
+	@scripts/install-deps --bench
+	@$(MAKE) -s -C bench
+	BUILD_DIR=$(BUILD) $(PYTHON) bench/run $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c

@@ -92,7 +92,7 @@ class Stack:
     """nginx + Redis + N workers (+ relays), all on free loopback ports."""
 
     def __init__(self, workers=2, relays=0, worker_args=(), relay_args=(), redis_args=(),
-                 env=None, nginx_env=None):
+                 env=None, nginx_env=None, build=None):
         self.dir = tempfile.mkdtemp(prefix="pw-it-")
         self.nworkers, self.nrelays = workers, relays
         self.worker_args, self.relay_args = list(worker_args), list(relay_args)
@@ -105,7 +105,7 @@ class Stack:
         self.workers, self.relays = [], []
         self.worker_metrics, self.relay_ports, self.relay_metrics = [], [], []
         self.nginx = None
-        self.bad_logs_ok = False
+        self.build = build  # None: the sanitizer build (BUILD)
         self.exit_codes = {}
 
     # ---- environment ------------------------------------------------------
@@ -149,7 +149,7 @@ class Stack:
         m = self.worker_metrics[i] if i < len(self.worker_metrics) else free_port()
         if i >= len(self.worker_metrics):
             self.worker_metrics.append(m)
-        argv = [os.path.join(build or BUILD, "pushwire-worker"), "--listen", "unix:" + self.worker_sock(i),
+        argv = [os.path.join(build or self.build or BUILD, "pushwire-worker"), "--listen", "unix:" + self.worker_sock(i),
                 "--metrics", "127.0.0.1:%d" % m, "--id", "w%d" % i] + self.worker_args + list(extra)
         p = Proc("worker-%d" % i, argv, self.path("worker-%d.log" % i), self.env()).start()
         if i < len(self.workers):
@@ -165,7 +165,7 @@ class Stack:
         if i >= len(self.relay_ports):
             self.relay_ports.append(free_port())
             self.relay_metrics.append(free_port())
-        argv = [os.path.join(build or BUILD, "pushwire-relay"), "--listen", "127.0.0.1:%d" % self.relay_ports[i],
+        argv = [os.path.join(build or self.build or BUILD, "pushwire-relay"), "--listen", "127.0.0.1:%d" % self.relay_ports[i],
                 "--metrics", "127.0.0.1:%d" % self.relay_metrics[i], "--id", "r%d" % i] + \
             self.relay_args + list(extra)
         p = Proc("relay-%d" % i, argv, self.path("relay-%d.log" % i), self.env()).start()
