@@ -14,13 +14,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "api.h"
 #include "buf.h"
+#include "daemon.h"
 #include "envelope.h"
 #include "hub.h"
 #include "log.h"
@@ -61,16 +60,12 @@ typedef struct client {
 } client;
 
 static struct config {
-    const char *listen, *redis, *prefix, *metrics, *id, *origins;
+    daemon_common c;
+    const char *listen, *origins;
     unsigned ping_interval, max_message, max_queue, sndbuf, max_clients, handshake_timeout;
-    unsigned redis_timeout, heartbeat_ms, history_ttl, backlog;
-    enum log_level log_level;
 } cfg = {
+    .c = DAEMON_COMMON_DEFAULTS,
     .listen = "127.0.0.1:9100",
-    .redis = "redis://127.0.0.1:6379",
-    .prefix = "pw:",
-    .metrics = "",
-    .id = "",
     .origins = "",
     .ping_interval = 30,
     .max_message = 65536,
@@ -78,11 +73,6 @@ static struct config {
     .sndbuf = 32768,
     .max_clients = 19000,
     .handshake_timeout = 10,
-    .redis_timeout = 2000,
-    .heartbeat_ms = 1000,
-    .history_ttl = 86400,
-    .backlog = 4096,
-    .log_level = LOG_INFO,
 };
 
 static struct relay {
@@ -565,58 +555,28 @@ static void accept_retry_cb(loop *l, timer *t)
 
 /* ---- metrics ---------------------------------------------------------------------------------- */
 
-static void metric(buf *o, const char *name, const char *type, const char *help, uint64_t v)
-{
-    buf_printf(o, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name,
-               (unsigned long long)v);
-}
-
 static void render_metrics(buf *o, void *ctx)
 {
     (void)ctx;
-    hub_stats hs = hub_get_stats(R.h);
-    const broker_stats *bs = broker_get_stats(hub_broker(R.h));
-    metric(o, "pushwire_ws_clients", "gauge", "WebSocket clients connected now.", R.nopen);
-    metric(o, "pushwire_connections", "gauge", "TCP connections now (including handshakes).",
-           R.nclients);
-    metric(o, "pushwire_channels", "gauge", "Channels this process follows.", hs.channels);
-    metric(o, "pushwire_ws_upgrades_total", "counter", "Handshakes accepted.", R.st.upgrades);
+    metric_put(o, "pushwire_ws_clients", "gauge", "WebSocket clients connected now.", R.nopen);
+    metric_put(o, "pushwire_connections", "gauge", "TCP connections now (handshakes included).",
+               R.nclients);
+    metric_put(o, "pushwire_ws_upgrades_total", "counter", "Handshakes accepted.",
+               R.st.upgrades);
     buf_puts(o, "# HELP pushwire_ws_refused_total Handshakes refused, by status class.\n"
                 "# TYPE pushwire_ws_refused_total counter\n");
     for (int k = 4; k <= 5; k++)
         buf_printf(o, "pushwire_ws_refused_total{code=\"%dxx\"} %llu\n", k,
                    (unsigned long long)R.st.refused[k]);
-    metric(o, "pushwire_messages_received_total", "counter", "Messages received from pub/sub.",
-           hs.live_messages);
-    metric(o, "pushwire_messages_delivered_total", "counter",
-           "Messages delivered to clients (one per client).", hs.messages_out);
-    metric(o, "pushwire_frames_queued_total", "counter", "Frames queued to clients.",
-           R.st.frames_out);
-    metric(o, "pushwire_slow_consumer_disconnects_total", "counter",
-           "Clients closed for not reading (1008).", R.st.slow_cutoffs);
-    metric(o, "pushwire_dead_clients_total", "counter", "Clients dropped for not answering pings.",
-           R.st.dead_pings);
-    metric(o, "pushwire_ws_protocol_errors_total", "counter", "Clients closed for protocol errors.",
-           R.st.protocol_errors);
-    metric(o, "pushwire_resyncs_total", "counter", "Channel resyncs from Redis history.",
-           hs.resyncs);
-    buf_printf(o, "# HELP pushwire_redis_up Redis connections ready (1) or not (0).\n"
-                  "# TYPE pushwire_redis_up gauge\n"
-                  "pushwire_redis_up{conn=\"commands\"} %d\npushwire_redis_up{conn=\"pubsub\"} %d\n",
-               broker_cmd_ready(hub_broker(R.h)), broker_sub_ready(hub_broker(R.h)));
-    metric(o, "pushwire_redis_reconnects_total", "counter", "Redis connections (re)established.",
-           bs->cmd_connects + bs->sub_connects);
-    metric(o, "pushwire_redis_timeouts_total", "counter", "Redis stalls detected.", bs->timeouts);
-    long rss_pages = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (f) {
-        long size;
-        if (fscanf(f, "%ld %ld", &size, &rss_pages) != 2)
-            rss_pages = 0;
-        fclose(f);
-    }
-    metric(o, "process_resident_memory_bytes", "gauge", "Resident memory.",
-           (uint64_t)rss_pages * (uint64_t)sysconf(_SC_PAGESIZE));
+    metric_put(o, "pushwire_frames_queued_total", "counter", "Frames queued to clients.",
+               R.st.frames_out);
+    metric_put(o, "pushwire_slow_consumer_disconnects_total", "counter",
+               "Clients closed for not reading (1008).", R.st.slow_cutoffs);
+    metric_put(o, "pushwire_dead_clients_total", "counter",
+               "Clients dropped for not answering pings.", R.st.dead_pings);
+    metric_put(o, "pushwire_ws_protocol_errors_total", "counter",
+               "Clients closed for protocol errors.", R.st.protocol_errors);
+    daemon_metrics(o, R.h);
 }
 
 /* ---- start and stop ---------------------------------------------------------------------------- */
@@ -661,18 +621,14 @@ static void begin_shutdown(const char *why)
 static void signal_io(loop *l, io_watch *w, uint32_t revents)
 {
     (void)l, (void)revents;
-    struct signalfd_siginfo si;
-    while (read(w->fd, &si, sizeof si) == sizeof si)
-        begin_shutdown(si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+    int sig;
+    while ((sig = daemon_signal(w->fd)))
+        begin_shutdown(sig == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
-static const opt_def options[] = {
+static const opt_def relay_options[] = {
     {"listen", "PW_RELAY_LISTEN", OPT_STR, &cfg.listen, 0, 0, "ADDR",
      "WebSocket listen address host:port (nginx proxies /status and /ws upgrades here)"},
-    {"redis", "REDIS_URL", OPT_STR, &cfg.redis, 0, 0, "URL",
-     "Redis: redis://[[user]:pass@]host[:port][/db] or unix:///path[?db=N]"},
-    {"prefix", "PW_PREFIX", OPT_STR, &cfg.prefix, 0, 0, "STR",
-     "prefix of every Redis key and pub/sub channel (same as the workers)"},
     {"origins", "PW_ORIGINS", OPT_STR, &cfg.origins, 0, 0, "LIST",
      "allowed Origins, comma-separated, or * (default: the request's own Host)"},
     {"ping-interval", "PW_PING_INTERVAL", OPT_UINT, &cfg.ping_interval, 1, 3600, "SECONDS",
@@ -687,54 +643,24 @@ static const opt_def options[] = {
      "connections before accepting pauses (mind the open-file limit)"},
     {"handshake-timeout", "PW_HANDSHAKE_TIMEOUT", OPT_UINT, &cfg.handshake_timeout, 1, 600,
      "SECONDS", "time allowed for the opening handshake"},
-    {"redis-timeout", "PW_REDIS_TIMEOUT", OPT_UINT, &cfg.redis_timeout, 50, 600000, "MS",
-     "Redis unanswered this long counts as down"},
-    {"heartbeat", "PW_HEARTBEAT_MS", OPT_UINT, &cfg.heartbeat_ms, 50, 600000, "MS",
-     "heartbeat key refresh and pub/sub liveness probe interval"},
-    {"history-ttl", "PW_HISTORY_TTL", OPT_UINT, &cfg.history_ttl, 1, 315360000, "SECONDS",
-     "expiry of channel state the relay creates (same as the workers)"},
-    {"metrics", "PW_METRICS", OPT_STR, &cfg.metrics, 0, 0, "ADDR",
-     "serve Prometheus metrics at http://ADDR/metrics (keep it private)"},
-    {"backlog", "PW_BACKLOG", OPT_UINT, &cfg.backlog, 1, 65535, "N", "listen backlog"},
-    {"id", "PW_ID", OPT_STR, &cfg.id, 0, 0, "NAME",
-     "name in heartbeats and logs (default host:pid)"},
-    {"log-level", "PW_LOG_LEVEL", OPT_LEVEL, &cfg.log_level, 0, 0, "LEVEL",
-     "error, warn, info or debug"},
-    {0},
 };
 
 int main(int argc, char **argv)
 {
+    enum { NR = sizeof relay_options / sizeof relay_options[0] };
+    opt_def options[NR + DAEMON_COMMON_OPTIONS + 1] = {0};
+    memcpy(options, relay_options, sizeof relay_options);
+    daemon_options(options + NR, &cfg.c);
     int rc = opts_parse(options, argc, argv, "pushwire-relay",
                         "WebSocket relay of pushwire: ws://host/status?channel=C[&since=N&epoch=E]\n"
                         "pushes every message of the channel as a JSON text frame.");
     if (rc)
         return rc > 0 ? 0 : 2;
-    char idbuf[160];
-    if (!cfg.id[0]) {
-        char host[64] = "localhost";
-        gethostname(host, sizeof host - 1);
-        snprintf(idbuf, sizeof idbuf, "%s:%d", host, (int)getpid());
-        cfg.id = idbuf;
-    }
-    log_init("pushwire-relay", cfg.log_level);
     redis_url url;
-    const char *why;
-    if (redis_url_parse(cfg.redis, &url, &why) < 0) {
-        fprintf(stderr, "error: --redis: %s\n", why);
+    int sigfd = daemon_setup(&cfg.c, "pushwire-relay", &url);
+    if (sigfd < 0)
         return 2;
-    }
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-    signal(SIGPIPE, SIG_IGN);
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigprocmask(SIG_BLOCK, &mask, NULL);
+    const char *why;
 
     R.l = loop_new();
     if (!R.l) {
@@ -742,7 +668,7 @@ int main(int argc, char **argv)
         return 1;
     }
     char unix_path[108];
-    int lfd = net_listen(cfg.listen, (int)cfg.backlog, 1, unix_path, sizeof unix_path, &why);
+    int lfd = net_listen(cfg.listen, (int)cfg.c.backlog, 1, unix_path, sizeof unix_path, &why);
     if (lfd < 0) {
         log_error("cannot listen on %s: %s", cfg.listen, why);
         return 1;
@@ -751,7 +677,7 @@ int main(int argc, char **argv)
     R.lw.cb = listen_io;
     R.accept_retry.cb = accept_retry_cb;
     R.stop_timer.cb = stop_now;
-    R.sigw.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    R.sigw.fd = sigfd;
     R.sigw.cb = signal_io;
     loop_add(R.l, &R.sigw, EPOLLIN);
 
@@ -760,32 +686,24 @@ int main(int argc, char **argv)
     R.ping_frame = rbuf_new(ping, pl);
 
     hub_config hc = {
-        .broker = {.url = url,
-                   .prefix = cfg.prefix,
-                   .timeout_ms = cfg.redis_timeout,
-                   .history = 1000,
-                   .history_ttl = cfg.history_ttl,
-                   .idem_ttl = 600,
-                   .heartbeat_ms = cfg.heartbeat_ms,
-                   .proc_kind = "relay",
-                   .proc_id = cfg.id},
+        .broker = daemon_broker_config(&cfg.c, &url, "relay", 1000),
         .batch_bytes = 1 << 20,
         .ring_bytes = 512 << 10,
         .linger_ms = 60000,
     };
     R.h = hub_new(R.l, &hc);
     hub_start(R.h);
-    if (cfg.metrics[0]) {
-        R.metrics = metrics_start(R.l, cfg.metrics, render_metrics, NULL, &why);
+    if (cfg.c.metrics[0]) {
+        R.metrics = metrics_start(R.l, cfg.c.metrics, render_metrics, NULL, &why);
         if (!R.metrics) {
-            log_error("cannot serve metrics on %s: %s", cfg.metrics, why);
+            log_error("cannot serve metrics on %s: %s", cfg.c.metrics, why);
             return 1;
         }
     }
     R.accepting = true;
     loop_add(R.l, &R.lw, EPOLLIN);
-    log_info("listening on %s (redis %s, id %s%s%s)", cfg.listen, cfg.redis, cfg.id,
-             cfg.metrics[0] ? ", metrics " : "", cfg.metrics);
+    log_info("listening on %s (redis %s, id %s%s%s)", cfg.listen, cfg.c.redis, cfg.c.id,
+             cfg.c.metrics[0] ? ", metrics " : "", cfg.c.metrics);
 
     rc = loop_run(R.l);
     if (rc < 0)

@@ -10,14 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "api.h"
 #include "broker.h"
 #include "buf.h"
+#include "daemon.h"
 #include "envelope.h"
 #include "fcgi_proto.h"
 #include "fcgi_record.h"
@@ -60,33 +59,21 @@ typedef struct req {
 } req;
 
 static struct config {
+    daemon_common c;
     const char *listen;
-    const char *redis;
-    const char *prefix;
     const char *publish_token;
-    const char *metrics;
-    const char *id;
-    unsigned history, history_ttl, max_content, poll_timeout, max_poll_timeout;
-    unsigned redis_timeout, heartbeat_ms, sse_heartbeat, max_requests, backlog;
-    enum log_level log_level;
+    unsigned history, max_content, poll_timeout, max_poll_timeout;
+    unsigned sse_heartbeat, max_requests;
 } cfg = {
+    .c = DAEMON_COMMON_DEFAULTS,
     .listen = "127.0.0.1:9000",
-    .redis = "redis://127.0.0.1:6379",
-    .prefix = "pw:",
     .publish_token = "",
-    .metrics = "",
-    .id = "",
     .history = 1000,
-    .history_ttl = 86400,
     .max_content = 65536,
     .poll_timeout = 30,
     .max_poll_timeout = 120,
-    .redis_timeout = 2000,
-    .heartbeat_ms = 1000,
     .sse_heartbeat = 15,
     .max_requests = 19000,
-    .backlog = 4096,
-    .log_level = LOG_INFO,
 };
 
 static struct worker {
@@ -496,7 +483,7 @@ static void handle_poll(req *r, const api_http *http)
     W.st.polls_held++;
     /* With timeout=0 the answer comes when the poll is up to date (on_parked)
      * or, if Redis cannot tell, a 503 after the Redis timeout. */
-    timer_start(W.l, &r->tmo, p.timeout ? (uint64_t)p.timeout * 1000 : cfg.redis_timeout);
+    timer_start(W.l, &r->tmo, p.timeout ? (uint64_t)p.timeout * 1000 : cfg.c.redis_timeout);
     hub_subscribe(W.h, &r->sub, p.channel, p.has_since, p.since, p.epoch);
 }
 
@@ -805,67 +792,39 @@ static void accept_retry_cb(loop *l, timer *t)
 
 /* ---- metrics ------------------------------------------------------------------------ */
 
-static void metric(buf *o, const char *name, const char *type, const char *help, uint64_t v)
-{
-    buf_printf(o, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name,
-               (unsigned long long)v);
-}
-
 static void render_metrics(buf *o, void *ctx)
 {
     (void)ctx;
-    hub_stats hs = hub_get_stats(W.h);
-    const broker_stats *bs = broker_get_stats(W.b);
-    metric(o, "pushwire_held_longpolls", "gauge", "Long-poll requests held now.", W.st.polls_held);
-    metric(o, "pushwire_eventsource_streams", "gauge", "EventSource streams open now.",
-           W.st.sse_streams);
-    metric(o, "pushwire_open_requests", "gauge", "FastCGI requests being answered or held now.",
-           W.nreqs - W.nidle);
-    metric(o, "pushwire_fastcgi_connections", "gauge",
-           "Connections from nginx now (kept-alive idle ones included).", W.nreqs);
-    metric(o, "pushwire_channels", "gauge", "Channels this process follows.", hs.channels);
-    metric(o, "pushwire_requests_total", "counter", "FastCGI requests accepted.", W.st.requests);
+    metric_put(o, "pushwire_held_longpolls", "gauge", "Long-poll requests held now.",
+               W.st.polls_held);
+    metric_put(o, "pushwire_eventsource_streams", "gauge", "EventSource streams open now.",
+               W.st.sse_streams);
+    metric_put(o, "pushwire_open_requests", "gauge",
+               "FastCGI requests being answered or held now.", W.nreqs - W.nidle);
+    metric_put(o, "pushwire_fastcgi_connections", "gauge",
+               "Connections from nginx now (kept-alive idle ones included).", W.nreqs);
+    metric_put(o, "pushwire_requests_total", "counter", "FastCGI requests received.",
+               W.st.requests);
     buf_puts(o, "# HELP pushwire_responses_total Answers sent, by status class.\n"
                 "# TYPE pushwire_responses_total counter\n");
     for (int k = 2; k <= 5; k++)
         buf_printf(o, "pushwire_responses_total{code=\"%dxx\"} %llu\n", k,
                    (unsigned long long)W.st.status[k]);
-    metric(o, "pushwire_longpoll_answers_total", "counter", "Long-polls answered with messages.",
-           W.st.polls_answered);
-    metric(o, "pushwire_longpoll_timeouts_total", "counter", "Long-polls that timed out.",
-           W.st.poll_timeouts);
-    metric(o, "pushwire_client_aborts_total", "counter", "Requests whose client left early.",
-           W.st.client_aborts);
-    metric(o, "pushwire_publishes_total", "counter", "Messages published.", W.st.publishes_ok);
-    metric(o, "pushwire_publish_duplicates_total", "counter",
-           "Publishes answered from an earlier Idempotency-Key.", W.st.publishes_dup);
-    metric(o, "pushwire_publish_errors_total", "counter", "Publishes answered 503.",
-           W.st.publishes_failed);
-    metric(o, "pushwire_messages_received_total", "counter", "Messages received from pub/sub.",
-           hs.live_messages);
-    metric(o, "pushwire_messages_delivered_total", "counter",
-           "Messages delivered to subscribers (one per subscriber).", hs.messages_out);
-    metric(o, "pushwire_slow_consumer_disconnects_total", "counter",
-           "EventSource clients cut off for not reading.", W.st.sse_cutoffs);
-    metric(o, "pushwire_resyncs_total", "counter", "Channel resyncs from Redis history.",
-           hs.resyncs);
-    buf_printf(o, "# HELP pushwire_redis_up Redis connections ready (1) or not (0).\n"
-                  "# TYPE pushwire_redis_up gauge\n"
-                  "pushwire_redis_up{conn=\"commands\"} %d\npushwire_redis_up{conn=\"pubsub\"} %d\n",
-               broker_cmd_ready(W.b), broker_sub_ready(W.b));
-    metric(o, "pushwire_redis_reconnects_total", "counter", "Redis connections (re)established.",
-           bs->cmd_connects + bs->sub_connects);
-    metric(o, "pushwire_redis_timeouts_total", "counter", "Redis stalls detected.", bs->timeouts);
-    long rss_pages = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (f) {
-        long size;
-        if (fscanf(f, "%ld %ld", &size, &rss_pages) != 2)
-            rss_pages = 0;
-        fclose(f);
-    }
-    metric(o, "process_resident_memory_bytes", "gauge", "Resident memory.",
-           (uint64_t)rss_pages * (uint64_t)sysconf(_SC_PAGESIZE));
+    metric_put(o, "pushwire_longpoll_answers_total", "counter",
+               "Long-polls answered with messages.", W.st.polls_answered);
+    metric_put(o, "pushwire_longpoll_timeouts_total", "counter", "Long-polls that timed out.",
+               W.st.poll_timeouts);
+    metric_put(o, "pushwire_client_aborts_total", "counter", "Requests whose client left early.",
+               W.st.client_aborts);
+    metric_put(o, "pushwire_publishes_total", "counter", "Messages published.",
+               W.st.publishes_ok);
+    metric_put(o, "pushwire_publish_duplicates_total", "counter",
+               "Publishes answered from an earlier Idempotency-Key.", W.st.publishes_dup);
+    metric_put(o, "pushwire_publish_errors_total", "counter", "Publishes answered 503.",
+               W.st.publishes_failed);
+    metric_put(o, "pushwire_slow_consumer_disconnects_total", "counter",
+               "EventSource clients cut off for not reading.", W.st.sse_cutoffs);
+    daemon_metrics(o, W.h);
 }
 
 /* ---- start and stop ------------------------------------------------------------------ */
@@ -940,89 +899,48 @@ static void begin_shutdown(const char *why)
 static void signal_io(loop *l, io_watch *w, uint32_t revents)
 {
     (void)l, (void)revents;
-    struct signalfd_siginfo si;
-    while (read(w->fd, &si, sizeof si) == sizeof si)
-        begin_shutdown(si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+    int sig;
+    while ((sig = daemon_signal(w->fd)))
+        begin_shutdown(sig == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
-static const opt_def options[] = {
+static const opt_def worker_options[] = {
     {"listen", "PW_LISTEN", OPT_STR, &cfg.listen, 0, 0, "ADDR",
      "FastCGI listen address: host:port, unix:/path or /path"},
-    {"redis", "REDIS_URL", OPT_STR, &cfg.redis, 0, 0, "URL",
-     "Redis: redis://[[user]:pass@]host[:port][/db] or unix:///path[?db=N]"},
-    {"prefix", "PW_PREFIX", OPT_STR, &cfg.prefix, 0, 0, "STR",
-     "prefix of every Redis key and pub/sub channel"},
     {"history", "PW_HISTORY", OPT_UINT, &cfg.history, 1, 1000000, "N",
      "messages kept per channel"},
-    {"history-ttl", "PW_HISTORY_TTL", OPT_UINT, &cfg.history_ttl, 1, 315360000, "SECONDS",
-     "a channel idle this long may be forgotten"},
     {"max-content", "PW_MAX_CONTENT", OPT_UINT, &cfg.max_content, 1, 16 << 20, "BYTES",
      "largest message content after decoding (413 above)"},
     {"poll-timeout", "PW_POLL_TIMEOUT", OPT_UINT, &cfg.poll_timeout, 0, 3600, "SECONDS",
      "long-poll hold time when the request gives no timeout"},
     {"max-poll-timeout", "PW_MAX_POLL_TIMEOUT", OPT_UINT, &cfg.max_poll_timeout, 0, 3600,
      "SECONDS", "cap of the timeout parameter (keep below nginx fastcgi_read_timeout)"},
-    {"redis-timeout", "PW_REDIS_TIMEOUT", OPT_UINT, &cfg.redis_timeout, 50, 600000, "MS",
-     "Redis unanswered this long counts as down (publishes get 503)"},
-    {"heartbeat", "PW_HEARTBEAT_MS", OPT_UINT, &cfg.heartbeat_ms, 50, 600000, "MS",
-     "heartbeat key refresh and pub/sub liveness probe interval"},
     {"sse-heartbeat", "PW_SSE_HEARTBEAT", OPT_UINT, &cfg.sse_heartbeat, 1, 3600, "SECONDS",
      "EventSource comment heartbeat interval"},
     {"publish-token", "PW_PUBLISH_TOKEN", OPT_STR, &cfg.publish_token, 0, 0, "TOKEN",
      "require Authorization: Bearer TOKEN on POST /chat (401/403)"},
-    {"metrics", "PW_METRICS", OPT_STR, &cfg.metrics, 0, 0, "ADDR",
-     "serve Prometheus metrics at http://ADDR/metrics (keep it private)"},
     {"max-requests", "PW_MAX_REQUESTS", OPT_UINT, &cfg.max_requests, 1, 1000000, "N",
-     "open requests before accepts pause (mind the open-file limit)"},
-    {"backlog", "PW_BACKLOG", OPT_UINT, &cfg.backlog, 1, 65535, "N", "listen backlog"},
-    {"id", "PW_ID", OPT_STR, &cfg.id, 0, 0, "NAME",
-     "name in heartbeats and logs (default host:pid)"},
-    {"log-level", "PW_LOG_LEVEL", OPT_LEVEL, &cfg.log_level, 0, 0, "LEVEL",
-     "error, warn, info or debug"},
-    {0},
+     "connections from nginx before accepts pause (mind the open-file limit)"},
 };
-
-static void raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-}
 
 int main(int argc, char **argv)
 {
+    enum { NW = sizeof worker_options / sizeof worker_options[0] };
+    opt_def options[NW + DAEMON_COMMON_OPTIONS + 1] = {0};
+    memcpy(options, worker_options, sizeof worker_options);
+    daemon_options(options + NW, &cfg.c);
     int rc = opts_parse(options, argc, argv, "pushwire-worker",
                         "FastCGI worker of pushwire: POST /chat publishes, GET /status long-polls\n"
-                        "(or streams EventSource), GET /healthz reports Redis reachability.");
+                        "(or streams EventSource), GET /healthz reports Redis and the processes.");
     if (rc)
         return rc > 0 ? 0 : 2;
-    char idbuf[160];
-    if (!cfg.id[0]) {
-        char host[64] = "localhost";
-        gethostname(host, sizeof host - 1);
-        snprintf(idbuf, sizeof idbuf, "%s:%d", host, (int)getpid());
-        cfg.id = idbuf;
-    }
-    log_init("pushwire-worker", cfg.log_level);
     redis_url url;
-    const char *why;
-    if (redis_url_parse(cfg.redis, &url, &why) < 0) {
-        fprintf(stderr, "error: --redis: %s\n", why);
+    int sigfd = daemon_setup(&cfg.c, "pushwire-worker", &url);
+    if (sigfd < 0)
         return 2;
-    }
     if (cfg.poll_timeout > cfg.max_poll_timeout)
         cfg.poll_timeout = cfg.max_poll_timeout;
-    raise_nofile();
-
-    /* Termination signals arrive on a signalfd. */
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigprocmask(SIG_BLOCK, &mask, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    const char *why;
 
     W.l = loop_new();
     if (!W.l) {
@@ -1036,7 +954,7 @@ int main(int argc, char **argv)
      * (3 bytes) or JSON-escaped (up to 6), plus the other fields. */
     W.max_body = (size_t)cfg.max_content * 6 + 4096;
 
-    int lfd = net_listen(cfg.listen, (int)cfg.backlog, 0, W.unix_path, sizeof W.unix_path, &why);
+    int lfd = net_listen(cfg.listen, (int)cfg.c.backlog, 0, W.unix_path, sizeof W.unix_path, &why);
     if (lfd < 0) {
         log_error("cannot listen on %s: %s", cfg.listen, why);
         return 1;
@@ -1046,20 +964,12 @@ int main(int argc, char **argv)
     W.accept_retry.cb = accept_retry_cb;
     W.stop_timer.cb = stop_now;
 
-    W.sigw.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    W.sigw.fd = sigfd;
     W.sigw.cb = signal_io;
     loop_add(W.l, &W.sigw, EPOLLIN);
 
     hub_config hc = {
-        .broker = {.url = url,
-                   .prefix = cfg.prefix,
-                   .timeout_ms = cfg.redis_timeout,
-                   .history = cfg.history,
-                   .history_ttl = cfg.history_ttl,
-                   .idem_ttl = 600,
-                   .heartbeat_ms = cfg.heartbeat_ms,
-                   .proc_kind = "worker",
-                   .proc_id = cfg.id},
+        .broker = daemon_broker_config(&cfg.c, &url, "worker", cfg.history),
         .batch_bytes = 1 << 20,
         .ring_bytes = 512 << 10,
         .linger_ms = 60000,
@@ -1068,17 +978,17 @@ int main(int argc, char **argv)
     W.b = hub_broker(W.h);
     hub_start(W.h);
 
-    if (cfg.metrics[0]) {
-        W.metrics = metrics_start(W.l, cfg.metrics, render_metrics, NULL, &why);
+    if (cfg.c.metrics[0]) {
+        W.metrics = metrics_start(W.l, cfg.c.metrics, render_metrics, NULL, &why);
         if (!W.metrics) {
-            log_error("cannot serve metrics on %s: %s", cfg.metrics, why);
+            log_error("cannot serve metrics on %s: %s", cfg.c.metrics, why);
             return 1;
         }
     }
     W.accepting = true;
     loop_add(W.l, &W.lw, EPOLLIN);
-    log_info("listening on %s (redis %s, id %s%s%s)", cfg.listen, cfg.redis, cfg.id,
-             cfg.metrics[0] ? ", metrics " : "", cfg.metrics);
+    log_info("listening on %s (redis %s, id %s%s%s)", cfg.listen, cfg.c.redis, cfg.c.id,
+             cfg.c.metrics[0] ? ", metrics " : "", cfg.c.metrics);
 
     rc = loop_run(W.l);
     if (rc < 0)
