@@ -1,0 +1,69 @@
+"""The README is kept true: every option of every binary is documented with
+its environment variable and default, and the curl examples work."""
+import os
+import re
+import subprocess
+
+import pytest
+
+from stack import BUILD, ROOT
+
+
+def help_options(binary):
+    out = subprocess.run([os.path.join(BUILD, binary), "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    opts = {}
+    lines = out.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"\s+--([a-z-]+)", line)
+        if m and m.group(1) != "help":
+            env = re.search(r"env (\S+), default (.*)$", lines[i + 1])
+            opts[m.group(1)] = (env.group(1).rstrip(","), env.group(2).strip())
+    return opts
+
+
+def readme():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("binary", ["pushwire-worker", "pushwire-relay"])
+def test_every_option_is_in_the_readme(binary):
+    text = readme()
+    opts = help_options(binary)
+    assert len(opts) > 10
+    for flag, (env, default) in opts.items():
+        rows = [l for l in text.splitlines() if l.startswith("| `--%s" % flag)]
+        assert rows, "--%s of %s is not in the README" % (flag, binary)
+        assert any("`%s`" % env in r for r in rows), "--%s: README lacks %s" % (flag, env)
+        if default not in ("(none)",) and flag not in ("id",):
+            assert any(default in r for r in rows), \
+                "--%s: README does not show the default %s" % (flag, default)
+
+
+def test_unknown_flags_and_bad_values_are_errors():
+    for binary in ("pushwire-worker", "pushwire-relay"):
+        exe = os.path.join(BUILD, binary)
+        r = subprocess.run([exe, "--no-such-flag"], capture_output=True, text=True)
+        assert r.returncode == 2 and "unknown option" in r.stderr
+        r = subprocess.run([exe, "--backlog", "lots"], capture_output=True, text=True)
+        assert r.returncode == 2 and "not a whole number" in r.stderr
+        r = subprocess.run([exe, "--log-level", "loud"], capture_output=True, text=True)
+        assert r.returncode == 2 and "error, warn, info, debug" in r.stderr
+        r = subprocess.run([exe, "--redis", "http://x"], capture_output=True, text=True)
+        assert r.returncode == 2 and "scheme" in r.stderr
+
+
+def test_readme_curl_examples_work(stack):
+    """The quick-start commands, pointed at the test stack."""
+    base = "http://127.0.0.1:%d" % stack.port
+    pub = subprocess.run(["curl", "-s", "-d", "content=hi", base + "/chat"],
+                         capture_output=True, text=True, check=True).stdout
+    assert '"id":' in pub
+    got = subprocess.run(["curl", "-s", base + "/status?since=0"], capture_output=True,
+                         text=True, check=True).stdout
+    assert '"content":"hi"' in got
+    js = subprocess.run(["curl", "-s", "-H", "Content-Type: application/json", "-d",
+                         '{"content":"hi","channel":"room1"}', base + "/chat"],
+                        capture_output=True, text=True, check=True).stdout
+    assert '"channel":"room1"' in js
