@@ -102,3 +102,19 @@ void outq_clear(outq *q)
         pop(q);
     q->bytes = 0;
 }
+
+void outq_drop_unstarted(outq *q)
+{
+    if (!q->n || q->off == 0) {
+        outq_clear(q);
+        return;
+    }
+    while (q->n > 1) {
+        /* Pop from the tail: the head is partly written. */
+        uint32_t last = q->n - 1;
+        rbuf *r = at(q, last);
+        q->bytes -= r->len;
+        rbuf_unref(r);
+        q->n--;
+    }
+}

@@ -33,4 +33,8 @@ int outq_write(outq *q, int fd);
 /* Drop everything queued. */
 void outq_clear(outq *q);
 
+/* Drop what has not started to go out, keeping a partly written blob so
+ * that the byte stream stays well-formed (a frame is never cut). */
+void outq_drop_unstarted(outq *q);
+
 #endif

@@ -57,6 +57,7 @@ typedef struct client {
     bool await_peer;   /* after it is written, wait for the peer's close or EOF */
     bool upgraded;
     uint64_t last_rx;
+    rbuf *held_101; /* the handshake answer, sent once the start point is set */
 } client;
 
 static struct config {
@@ -107,6 +108,7 @@ static void client_reap(reap_node *n)
 {
     client *c = (client *)((char *)n - offsetof(client, reap));
     free(c->head);
+    rbuf_unref(c->held_101);
     free(c);
 }
 
@@ -168,8 +170,11 @@ static void client_flush(client *c)
     }
 }
 
+static void release_101(client *c);
+
 static void push_bytes(client *c, const void *p, size_t n)
 {
+    release_101(c); /* nothing may overtake the handshake answer */
     rbuf *r = rbuf_new(p, n);
     outq_push(&c->out, r);
     rbuf_unref(r);
@@ -181,6 +186,21 @@ static void close_linger_cb(loop *l, timer *t)
     client_kill((client *)((char *)t - offsetof(client, t)));
 }
 
+static void ping_cb(loop *l, timer *t);
+
+/* Queue the held 101 (before anything else goes out). */
+static void release_101(client *c)
+{
+    if (!c->held_101)
+        return;
+    timer_stop(R.l, &c->t);
+    c->t.cb = ping_cb;
+    timer_start(R.l, &c->t, (uint64_t)cfg.ping_interval * 1000);
+    outq_push(&c->out, c->held_101);
+    rbuf_unref(c->held_101);
+    c->held_101 = NULL;
+}
+
 /* Queue final bytes (a close frame, or a refusal) and finish: nothing is
  * sent after them, and the connection goes once they are written (and, when
  * await_peer, the peer closed too), or after CLOSE_LINGER at most. */
@@ -189,7 +209,8 @@ static void client_finish(client *c, const void *p, size_t n, bool drop_queue, b
     c->state = C_CLOSING;
     hub_unsubscribe(R.h, &c->sub);
     if (drop_queue)
-        outq_clear(&c->out);
+        outq_drop_unstarted(&c->out);
+    release_101(c);
     push_bytes(c, p, n);
     c->close_after = true;
     c->await_peer = await_peer;
@@ -252,6 +273,7 @@ static void on_deliver(hub_sub *s, hub_batch *b)
         }
     }
     R.st.frames_out += b->n + (b->reset ? 1 : 0);
+    release_101(c);
     outq_push(&c->out, frames);
     rbuf_unref(frames);
     if (c->out.bytes > cfg.max_queue) {
@@ -271,7 +293,16 @@ static void on_deliver(hub_sub *s, hub_batch *b)
     }
 }
 
-static const hub_sub_ops ws_ops = {.deliver = on_deliver};
+static void on_parked(hub_sub *s)
+{
+    client *c = (client *)((char *)s - offsetof(client, sub));
+    if (c->held_101) {
+        release_101(c);
+        client_flush(c);
+    }
+}
+
+static const hub_sub_ops ws_ops = {.deliver = on_deliver, .parked = on_parked};
 
 /* ---- liveness ---------------------------------------------------------------------- */
 
@@ -340,6 +371,16 @@ static void on_frames(client *c, const uint8_t *p, size_t n)
     }
 }
 
+static void hold_101_cb(loop *l, timer *t)
+{
+    (void)l;
+    client *c = (client *)((char *)t - offsetof(client, t));
+    if (c->state == C_OPEN && c->held_101) {
+        release_101(c);
+        client_flush(c);
+    }
+}
+
 static void refuse(client *c, int status)
 {
     char resp[512];
@@ -347,7 +388,9 @@ static void refuse(client *c, int status)
     int k = status / 100;
     if (k >= 1 && k <= 5)
         R.st.refused[k]++;
-    client_finish(c, resp, n, true, false);
+    /* Wait for the peer's EOF after the answer: closing with its unread
+     * bytes still queued would reset the connection and lose the answer. */
+    client_finish(c, resp, n, true, true);
 }
 
 static void upgrade(client *c, const ws_request *req)
@@ -401,19 +444,20 @@ static void upgrade(client *c, const ws_request *req)
         return;
     }
     size_t n = ws_handshake_response_101(resp, sizeof resp, accept);
-    push_bytes(c, resp, n);
+    /* The 101 tells the client it is subscribed: hold it until the hub has
+     * fixed the client's start point (parked or first delivery), so that a
+     * message the client publishes from onopen is never skipped. If Redis
+     * cannot tell within the Redis timeout, open anyway. */
+    c->held_101 = rbuf_new(resp, n);
     R.st.upgrades++;
     c->state = C_OPEN;
     c->upgraded = true;
     R.nopen++;
     ws_parser_init(&c->parser, cfg.max_message);
     c->last_rx = loop_now(R.l);
-    c->t.cb = ping_cb;
-    timer_start(R.l, &c->t, (uint64_t)cfg.ping_interval * 1000);
+    c->t.cb = hold_101_cb;
+    timer_start(R.l, &c->t, cfg.c.redis_timeout);
     hub_sub_init(&c->sub, &ws_ops, true);
-    client_flush(c);
-    if (c->state != C_OPEN)
-        return;
     hub_subscribe(R.h, &c->sub, p.channel, p.has_since, p.since, p.epoch);
 }
 

@@ -55,6 +55,7 @@ typedef struct req {
     bool in_broker;    /* a broker callback will run with this request */
     bool sse_paused;   /* a batch with more waits for the queue to drain */
     bool no_wait;      /* timeout=0: answer as soon as the poll is up to date */
+    bool sse_head;     /* EventSource headers not sent yet (start point not fixed) */
     char *pub_channel; /* publish: for the answer */
 } req;
 
@@ -194,7 +195,7 @@ static void req_done(req *r)
     r->pub_channel = NULL;
     r->kind = K_NONE;
     r->phase = P_IDLE;
-    r->no_wait = r->sse_paused = false;
+    r->no_wait = r->sse_paused = r->sse_head = false;
     W.nidle++;
     loop_mod(W.l, &r->w, EPOLLIN | EPOLLRDHUP);
 }
@@ -300,6 +301,25 @@ static batch_cache *cache_of(hub_batch *b)
     return b->cache;
 }
 
+/* Queue the EventSource headers if they are still held. */
+static void sse_open(req *r)
+{
+    if (!r->sse_head)
+        return;
+    r->sse_head = false;
+    static const char head[] = "Status: 200 OK\r\nContent-Type: text/event-stream\r\n"
+                               "Cache-Control: no-store\r\nX-Accel-Buffering: no\r\n\r\n"
+                               "retry: 2000\n\n";
+    buf rec = BUF_INIT;
+    fcgi_rec_stdout(&rec, r->reqid, head, sizeof head - 1);
+    rbuf *rb = rbuf_from_buf(&rec);
+    buf_free(&rec);
+    outq_push(&r->out, rb);
+    rbuf_unref(rb);
+    count_status(200);
+    timer_start(W.l, &r->tmo, cfg.sse_heartbeat * 1000);
+}
+
 static rbuf *poll_records(uint16_t reqid, const hub_batch *b)
 {
     buf body = BUF_INIT;
@@ -350,6 +370,7 @@ static void on_deliver(hub_sub *s, hub_batch *b)
         return;
     }
     /* EventSource: append events; the stream stays open. */
+    sse_open(r);
     rbuf *rec;
     if (c) {
         if (!c->sse)
@@ -380,8 +401,12 @@ static void poll_timeout_answer(req *r);
 static void on_parked(hub_sub *s)
 {
     req *r = (req *)((char *)s - offsetof(req, sub));
-    if (r->no_wait && r->phase == P_ACTIVE)
+    if (r->kind == K_SSE && r->sse_head) {
+        sse_open(r);
+        req_flush(r);
+    } else if (r->no_wait && r->phase == P_ACTIVE) {
         poll_timeout_answer(r);
+    }
 }
 
 static const hub_sub_ops poll_ops = {.deliver = on_deliver, .parked = on_parked};
@@ -431,6 +456,11 @@ static void tmo_cb(loop *l, timer *t)
         poll_timeout_answer(r);
         return;
     }
+    if (r->sse_head) {
+        sse_open(r); /* Redis could not tell in time: open anyway */
+        req_flush(r);
+        return;
+    }
     /* EventSource heartbeat: a comment line keeps proxies from timing out. */
     buf rec = BUF_INIT;
     fcgi_rec_stdout(&rec, r->reqid, ": hb\n\n", 6);
@@ -459,22 +489,14 @@ static void handle_poll(req *r, const api_http *http)
     }
     hub_sub_init(&r->sub, &poll_ops, p.event_stream);
     if (p.event_stream) {
+        /* The headers (and so the browser's onopen) wait until the hub has
+         * fixed the stream's start point: a message the page publishes from
+         * onopen is then never skipped. If Redis cannot tell within the
+         * Redis timeout, the stream opens anyway. */
         r->kind = K_SSE;
+        r->sse_head = true;
         W.st.sse_streams++;
-        static const char head[] = "Status: 200 OK\r\nContent-Type: text/event-stream\r\n"
-                                   "Cache-Control: no-store\r\nX-Accel-Buffering: no\r\n\r\n"
-                                   "retry: 2000\n\n";
-        buf rec = BUF_INIT;
-        fcgi_rec_stdout(&rec, r->reqid, head, sizeof head - 1);
-        rbuf *rb = rbuf_from_buf(&rec);
-        buf_free(&rec);
-        outq_push(&r->out, rb);
-        rbuf_unref(rb);
-        count_status(200);
-        req_flush(r);
-        if (r->phase != P_ACTIVE)
-            return;
-        timer_start(W.l, &r->tmo, cfg.sse_heartbeat * 1000);
+        timer_start(W.l, &r->tmo, cfg.c.redis_timeout);
         hub_subscribe(W.h, &r->sub, p.channel, p.has_since, p.since, p.epoch);
         return;
     }
@@ -883,6 +905,7 @@ static void begin_shutdown(const char *why)
                 poll_timeout_answer(r);
         } else if (r->kind == K_SSE) {
             hub_unsubscribe(W.h, &r->sub);
+            sse_open(r);
             buf rec = BUF_INIT;
             fcgi_rec_end(&rec, r->reqid);
             rbuf *rb = rbuf_from_buf(&rec);

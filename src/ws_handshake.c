@@ -347,6 +347,9 @@ size_t ws_handshake_response_error(char *out, size_t cap, int status)
     case 403:
         phrase = "Forbidden", error = "forbidden";
         break;
+    case 404:
+        phrase = "Not Found", error = "not_found";
+        break;
     case 405:
         phrase = "Method Not Allowed", error = "method_not_allowed";
         extra = "Allow: GET\r\n";

@@ -177,3 +177,17 @@ def test_curl_streams_without_buffering(sse_stack):
         p.wait(5)
     wait_for(lambda: sum(s.metrics(i)["pushwire_eventsource_streams"] for i in range(2)) == 0,
              what="the stream to be released when curl leaves")
+
+
+def test_message_published_right_after_open_is_delivered(sse_stack):
+    """The stream opens (headers, onopen) only once its start point is fixed:
+    a message published the moment it opens is never skipped."""
+    s = sse_stack
+    for i in range(10):
+        ch = unique_channel()
+        s.publish("old", channel=ch)
+        r = SseReader(s, "channel=" + ch)
+        r.headers()
+        s.publish("right after open %d" % i, channel=ch)
+        assert [e["json"]["content"] for e in r.events(1)] == ["right after open %d" % i]
+        r.close()
