@@ -237,3 +237,23 @@ def test_healthz_names_a_dead_worker_and_forgets_a_stopped_one(fresh_stack):
     doc = json.loads(b)
     assert st == 200 and doc["workers"] == {"down": [], "alive": 1}
     s.start_worker(1)
+
+
+@pytest.mark.stack(workers=1, relays=0)
+def test_nginx_own_errors_on_status_and_ws_are_json_503(fresh_stack):
+    """No relay, then no worker: nginx's own answers on the locations that
+    route upgrades are still the JSON 503 with Retry-After."""
+    s = fresh_stack
+    up = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    for path in ("/status", "/ws"):
+        st, h, b = s.get(path, headers=up)
+        assert st == 503 and h["Content-Type"].startswith("application/json"), (path, st, b)
+        assert json.loads(b)["error"] and h["Retry-After"] == "1"
+    st, h, b = s.get("/ws")
+    assert st == 426 and json.loads(b)["error"]
+    s.workers[0].stop()
+    for path in ("/status?timeout=1", "/chat", "/healthz"):
+        st, h, b = s.request("GET", path)
+        assert st == 503 and json.loads(b)["error"] and h["Retry-After"] == "1", (path, st, b)
+    s.start_worker(0)
