@@ -730,9 +730,41 @@ static void heartbeat_reply(broker *b, cmd *c, redisReply *r)
 
 static void ignore_reply(broker *b, cmd *c, redisReply *r) { (void)b, (void)c, (void)r; }
 
-/* Processes announce themselves in one sorted set, scored by the time of
- * their last heartbeat: /healthz reads it; entries older than a minute are
- * pruned, so a crashed process is reported down for about that long. */
+static bool reply_int(const redisReply *r, long long *out)
+{
+    if (r->type == REDIS_REPLY_INTEGER) {
+        *out = r->integer;
+        return true;
+    }
+    if (r->type == REDIS_REPLY_STRING) {
+        char *end;
+        errno = 0;
+        *out = strtoll(r->str, &end, 10);
+        return errno == 0 && end != r->str && *end == '\0';
+    }
+    return false;
+}
+
+/* Processes announce themselves in one sorted set, scored by the moment
+ * their heartbeat expires (Redis's clock, so hosts need not agree on time,
+ * and each process states its own interval). /healthz reads it; entries
+ * expired over a minute ago are pruned, so a crashed process is reported
+ * down for about that long. */
+static const char LUA_HEARTBEAT[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[2])), ARGV[1])\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - tonumber(ARGV[3])))\n"
+    "return 1\n";
+
+/* Returns {now, member1, expiry1, member2, expiry2, ...}. */
+static const char LUA_PROCS[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local r = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')\n"
+    "table.insert(r, 1, string.format('%d', now))\n"
+    "return r\n";
+
 static void proc_member(const broker *b, char *out, size_t cap)
 {
     snprintf(out, cap, "%s:%s", b->cfg.proc_kind, b->cfg.proc_id);
@@ -744,16 +776,14 @@ static void heartbeat_cb(loop *l, timer *t)
     timer_start(l, t, b->cfg.heartbeat_ms);
     if (b->cmdc.state != CONN_READY)
         return;
-    char key[96], member[256], now[24], old[24], seq[24];
-    long long ms = (long long)loop_wall_ms();
+    char key[96], member[256], valid[24], forget[24], seq[24];
     snprintf(key, sizeof key, "%sprocs", b->prefix);
     proc_member(b, member, sizeof member);
-    snprintf(now, sizeof now, "%lld", ms);
-    snprintf(old, sizeof old, "(%lld", ms - BROKER_PROC_FORGET_MS);
-    const char *zadd[4] = {"ZADD", key, now, member};
-    cmd_simple(b, 4, zadd, ignore_reply, NULL, NULL);
-    const char *prune[4] = {"ZREMRANGEBYSCORE", key, "-inf", old};
-    cmd_simple(b, 4, prune, ignore_reply, NULL, NULL);
+    /* Alive until three heartbeats are missed (plus the Redis timeout). */
+    snprintf(valid, sizeof valid, "%u", 3 * b->cfg.heartbeat_ms + b->cfg.timeout_ms);
+    snprintf(forget, sizeof forget, "%d", BROKER_PROC_FORGET_MS);
+    const char *hb[7] = {"EVAL", LUA_HEARTBEAT, "1", key, member, valid, forget};
+    cmd_simple(b, 7, hb, ignore_reply, NULL, NULL);
     snprintf(seq, sizeof seq, "%llu", (unsigned long long)++b->ping_seq);
     const char *pub[3] = {"PUBLISH", b->ping_channel, seq};
     cmd_simple(b, 3, pub, heartbeat_reply, NULL, NULL);
@@ -779,24 +809,23 @@ int broker_goodbye(broker *b, void (*done)(void *arg), void *arg)
 
 static void procs_reply(broker *b, cmd *c, redisReply *r)
 {
+    (void)b;
     broker_procs_result res = {0};
-    long long now = (long long)loop_wall_ms();
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements % 2) {
+    long long now = 0;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 1 ||
+        !reply_int(r->element[0], &now)) {
         res.err = r ? BROKER_EREDIS : BROKER_EUNAVAIL;
     } else {
         res.n = r->elements / 2;
         res.procs = res.n ? xcalloc(res.n, sizeof *res.procs) : NULL;
         for (size_t i = 0; i < res.n; i++) {
-            redisReply *name = r->element[2 * i], *score = r->element[2 * i + 1];
-            long long v = 0;
-            if (name->type == REDIS_REPLY_STRING)
-                res.procs[i].name = name->str;
-            else
-                res.procs[i].name = "?";
+            redisReply *name = r->element[1 + 2 * i], *score = r->element[2 + 2 * i];
+            long long expires = 0;
+            res.procs[i].name = name->type == REDIS_REPLY_STRING ? name->str : "?";
             if (score->type == REDIS_REPLY_STRING)
-                v = strtoll(score->str, NULL, 10);
-            res.procs[i].age_ms = now - v;
-            res.procs[i].alive = now - v <= 3 * (long long)b->cfg.heartbeat_ms + b->cfg.timeout_ms;
+                expires = strtoll(score->str, NULL, 10);
+            res.procs[i].alive = expires >= now;
+            res.procs[i].overdue_ms = expires >= now ? 0 : now - expires;
         }
     }
     ((broker_procs_cb *)c->user_cb)(c->user_arg, &res);
@@ -809,8 +838,8 @@ int broker_procs(broker *b, broker_procs_cb *cb, void *arg)
         return -1;
     char key[96];
     snprintf(key, sizeof key, "%sprocs", b->prefix);
-    const char *argv[5] = {"ZRANGE", key, "0", "-1", "WITHSCORES"};
-    return cmd_simple(b, 5, argv, procs_reply, (void *)cb, arg);
+    const char *argv[4] = {"EVAL", LUA_PROCS, "1", key};
+    return cmd_simple(b, 4, argv, procs_reply, (void *)cb, arg);
 }
 
 /* ---- scripts -------------------------------------------------------------------- */
@@ -876,20 +905,6 @@ static void copy_str(char *dst, size_t cap, const redisReply *r)
     dst[n] = '\0';
 }
 
-static bool reply_int(const redisReply *r, long long *out)
-{
-    if (r->type == REDIS_REPLY_INTEGER) {
-        *out = r->integer;
-        return true;
-    }
-    if (r->type == REDIS_REPLY_STRING) {
-        char *end;
-        errno = 0;
-        *out = strtoll(r->str, &end, 10);
-        return errno == 0 && end != r->str && *end == '\0';
-    }
-    return false;
-}
 
 static void publish_reply(broker *b, cmd *c, redisReply *r)
 {

@@ -110,13 +110,15 @@ int broker_read(broker *b, const char *channel, bool has_since, uint64_t since, 
                 size_t budget, broker_read_cb *cb, void *arg);
 
 /* Heartbeats: every process scores itself in the sorted set PREFIXprocs
- * with the time of its last heartbeat ("worker:ID", "relay:ID"). */
+ * ("worker:ID", "relay:ID") with the Redis time at which it counts as down
+ * unless it heartbeats again: three of its own intervals plus the Redis
+ * timeout ahead. Entries down for a minute are forgotten. */
 #define BROKER_PROC_FORGET_MS 60000
 
 typedef struct broker_proc {
-    const char *name;  /* "kind:id", valid during the callback */
-    long long age_ms;  /* since its last heartbeat */
-    bool alive;        /* heartbeat within three intervals (plus the Redis timeout) */
+    const char *name;     /* "kind:id", valid during the callback */
+    long long overdue_ms; /* how long it has been down (0 when alive) */
+    bool alive;
 } broker_proc;
 
 typedef struct broker_procs_result {

@@ -67,3 +67,13 @@ def test_readme_curl_examples_work(stack):
                          '{"content":"hi","channel":"room1"}', base + "/chat"],
                         capture_output=True, text=True, check=True).stdout
     assert '"channel":"room1"' in js
+
+
+def test_shell_scripts_pass_shellcheck():
+    import shutil
+    if not shutil.which("shellcheck"):
+        pytest.fail("shellcheck is missing: apt-get install -y shellcheck", pytrace=False)
+    scripts = ["nginx/render", "scripts/run-stack", "scripts/install-deps", "scripts/run-fuzz",
+               ".ci/run"] + ["docker/" + f for f in sorted(os.listdir(os.path.join(ROOT, "docker")))]
+    r = subprocess.run(["shellcheck"] + scripts, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout

@@ -228,3 +228,11 @@ def test_publish_token_401_403_200(fresh_stack):
     assert st == 403
     st, doc = s.publish("x", headers={"Authorization": "Bearer s3cret"})
     assert st == 200 and doc["id"] == 1
+
+
+@pytest.mark.stack(nginx_env={"CHAT_ALLOW": "10.9.9.9"})
+def test_nginx_allow_list_restricts_publishing(fresh_stack):
+    st, doc = fresh_stack.publish("x")
+    assert st == 403 and doc["error"] == "forbidden"
+    st, doc, _ = fresh_stack.poll(since=0, timeout=0)
+    assert st == 200 and doc["messages"] == []
