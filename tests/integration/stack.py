@@ -92,7 +92,7 @@ class Stack:
     """nginx + Redis + N workers (+ relays), all on free loopback ports."""
 
     def __init__(self, workers=2, relays=0, worker_args=(), relay_args=(), redis_args=(),
-                 env=None, nginx_env=None, build=None):
+                 env=None, nginx_env=None, build=None, redis_password=None):
         self.dir = tempfile.mkdtemp(prefix="pw-it-")
         self.nworkers, self.nrelays = workers, relays
         self.worker_args, self.relay_args = list(worker_args), list(relay_args)
@@ -106,15 +106,17 @@ class Stack:
         self.worker_metrics, self.relay_ports, self.relay_metrics = [], [], []
         self.nginx = None
         self.build = build  # None: the sanitizer build (BUILD)
+        self.redis_password = redis_password  # Redis runs with --requirepass
         self.exit_codes = {}
 
     # ---- environment ------------------------------------------------------
     def env(self):
         e = dict(os.environ)
+        auth = ":%s@" % self.redis_password if self.redis_password else ""
         e.update({
             "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=66",
             "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
-            "REDIS_URL": "redis://127.0.0.1:%d" % self.redis_port,
+            "REDIS_URL": "redis://%s127.0.0.1:%d" % (auth, self.redis_port),
         })
         e.update(self.extra_env)
         return e
@@ -127,19 +129,30 @@ class Stack:
         argv = ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
                 "--dir", self.dir, "--save", "", "--appendonly", "no",
                 "--maxmemory-policy", "noeviction", "--daemonize", "no"] + self.redis_args
+        if self.redis_password:
+            argv += ["--requirepass", self.redis_password]
         self.redis = Proc("redis", argv, self.path("redis.log")).start()
         wait_for(self.redis_ping, what="redis to answer PING")
         return self.redis
 
     def redis_ping(self):
         with socket.create_connection(("127.0.0.1", self.redis_port), timeout=1) as s:
+            if self.redis_password:
+                s.sendall(b"AUTH %s\r\n" % self.redis_password.encode())
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            data = b""
+            while b"PONG" not in data and b"-" not in data[:1]:
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                data += chunk
+            return data.endswith(b"+PONG\r\n")
 
     def redis_cmd(self, *args):
         """Run one command with redis-cli; returns its stdout."""
-        out = subprocess.run(["redis-cli", "-p", str(self.redis_port)] + [str(a) for a in args],
-                             capture_output=True, timeout=10)
+        auth = ["--no-auth-warning", "-a", self.redis_password] if self.redis_password else []
+        out = subprocess.run(["redis-cli", "-p", str(self.redis_port)] + auth +
+                             [str(a) for a in args], capture_output=True, timeout=10)
         return out.stdout.decode()
 
     def worker_sock(self, i):
