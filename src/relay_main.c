@@ -58,6 +58,7 @@ typedef struct client {
     bool upgraded;
     uint64_t last_rx;
     rbuf *held_101; /* the handshake answer, sent once the start point is set */
+    uint32_t dirty_idx; /* 1 + position in R.dirty while a flush is pending */
 } client;
 
 static struct config {
@@ -88,6 +89,12 @@ static struct relay {
     size_t nclients, nopen;
     timer stop_timer, accept_retry;
     rbuf *ping_frame;
+    /* Clients with frames queued in this loop round: written once, after
+     * every message read in the round was queued (one writev carries as
+     * many frames as arrived meanwhile). */
+    client **dirty;
+    uint32_t ndirty, dirty_cap;
+    reap_node flush_node;
     struct {
         uint64_t accepted, upgrades, refused[6], slow_cutoffs, dead_pings, protocol_errors;
         uint64_t frames_out;
@@ -119,6 +126,13 @@ static void client_kill(client *c)
     if (c->upgraded)
         R.nopen--;
     c->state = C_DEAD;
+    if (c->dirty_idx) {
+        /* Its memory goes in this round's reaping: forget it first. */
+        client *last = R.dirty[--R.ndirty];
+        R.dirty[c->dirty_idx - 1] = last;
+        last->dirty_idx = c->dirty_idx;
+        c->dirty_idx = 0;
+    }
     hub_unsubscribe(R.h, &c->sub);
     timer_stop(R.l, &c->t);
     outq_clear(&c->out);
@@ -259,6 +273,34 @@ static rbuf *encode_frames(const hub_batch *b)
     return r;
 }
 
+static void flush_dirty(reap_node *n)
+{
+    (void)n;
+    while (R.ndirty) {
+        client *c = R.dirty[--R.ndirty];
+        c->dirty_idx = 0;
+        client_flush(c);
+        if (c->state == C_OPEN && c->paused && c->out.bytes < (size_t)cfg.max_queue / 4) {
+            c->paused = false;
+            hub_sub_resume(R.h, &c->sub);
+        }
+    }
+}
+
+static void flush_later(client *c)
+{
+    if (c->dirty_idx)
+        return;
+    if (R.ndirty == R.dirty_cap) {
+        R.dirty_cap = R.dirty_cap ? R.dirty_cap * 2 : 1024;
+        R.dirty = xrealloc(R.dirty, R.dirty_cap * sizeof *R.dirty);
+    }
+    if (!R.ndirty)
+        loop_reap(R.l, &R.flush_node, flush_dirty);
+    R.dirty[R.ndirty++] = c;
+    c->dirty_idx = R.ndirty;
+}
+
 static void on_deliver(hub_sub *s, hub_batch *b)
 {
     client *c = (client *)((char *)s - offsetof(client, sub));
@@ -286,11 +328,7 @@ static void on_deliver(hub_sub *s, hub_batch *b)
     }
     if (b->more)
         c->paused = true;
-    client_flush(c);
-    if (c->state == C_OPEN && c->paused && c->out.bytes < (size_t)cfg.max_queue / 4) {
-        c->paused = false;
-        hub_sub_resume(R.h, &c->sub);
-    }
+    flush_later(c);
 }
 
 static void on_parked(hub_sub *s)
@@ -757,6 +795,7 @@ int main(int argc, char **argv)
     metrics_stop(R.metrics);
     hub_free(R.h);
     rbuf_unref(R.ping_frame);
+    free(R.dirty);
     if (R.lw.fd >= 0)
         close(R.lw.fd);
     if (unix_path[0])
