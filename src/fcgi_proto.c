@@ -262,6 +262,8 @@ size_t fcgi_parser_feed(fcgi_parser *p, const uint8_t *data, size_t len, fcgi_ev
             } else if (p->type == FCGI_PARAMS && active(p) && !p->params_done) {
                 if (p->params.len + n > p->max_params)
                     return fail(p, ev, "FastCGI parameters over the limit", used + n);
+                if (!p->params.cap)
+                    buf_grow(&p->params, 2048); /* nginx sends ~1 KB: one allocation */
                 buf_append(&p->params, d, n);
             } else if (p->type == FCGI_STDIN && active(p) && !p->stdin_done) {
                 if (p->body.len + n <= p->max_body)
