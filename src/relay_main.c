@@ -72,7 +72,7 @@ static struct config {
     .ping_interval = 30,
     .max_message = 65536,
     .max_queue = 2 << 20,
-    .sndbuf = 32768,
+    .sndbuf = 262144,
     .max_clients = 19000,
     .handshake_timeout = 10,
 };
