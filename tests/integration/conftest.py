@@ -4,7 +4,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stack import Stack  # noqa: E402
+from stack import RESULTS, Stack  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,3 +28,10 @@ def fresh_stack(request):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "stack(**kwargs): options of the fresh_stack fixture")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if RESULTS:
+        terminalreporter.section("messages published / received / lost / duplicated")
+        for line in RESULTS:
+            terminalreporter.write_line(line)

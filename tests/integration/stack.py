@@ -24,6 +24,10 @@ BUILD = os.environ.get("PW_BUILD", os.path.join(ROOT, "build", "asan"))
 # redzones and quarantine would swamp them).
 PLAIN_BUILD = os.environ.get("PW_PLAIN_BUILD", os.path.join(ROOT, "build"))
 
+# "messages published / received / lost / duplicated" lines of the fault
+# tests, printed together at the end of the run by conftest.py.
+RESULTS = []
+
 BAD_LOG = re.compile(
     r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|\[alert\]|\[emerg\]|"
     r"SUMMARY: UndefinedBehaviorSanitizer|Assertion .* failed"

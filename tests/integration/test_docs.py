@@ -77,3 +77,46 @@ def test_shell_scripts_pass_shellcheck():
                ".ci/run"] + ["docker/" + f for f in sorted(os.listdir(os.path.join(ROOT, "docker")))]
     r = subprocess.run(["shellcheck"] + scripts, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
+
+
+@pytest.mark.stack(relays=1)
+def test_readme_websocket_and_eventsource_one_liners(fresh_stack):
+    """`python3 -m websockets ws://HOST/status` and `curl -N` with
+    Accept: text/event-stream show a message published with curl."""
+    import threading
+    import time
+    s = fresh_stack
+    base = "127.0.0.1:%d" % s.port
+    ws = subprocess.Popen(["/usr/bin/python3", "-m", "websockets", "ws://%s/status?channel=room1" % base],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sse = subprocess.Popen(["curl", "-sN", "-H", "Accept: text/event-stream",
+                            "http://%s/status?channel=room1" % base], stdout=subprocess.PIPE)
+    try:
+        from stack import wait_for
+        wait_for(lambda: s.relay_metrics_get(0)["pushwire_ws_clients"] >= 1 and
+                 sum(s.metrics(i)["pushwire_eventsource_streams"] for i in range(s.nworkers)) >= 1,
+                 what="both clients to connect")
+        time.sleep(0.3)
+        subprocess.run(["curl", "-s", "-d", "content=hi from curl", "-d", "channel=room1",
+                        "http://%s/chat" % base], check=True, capture_output=True)
+        out = {"ws": b"", "sse": b""}
+
+        def read(name, f):
+            while b"hi from curl" not in out[name]:
+                chunk = f.read1(4096) if hasattr(f, "read1") else f.read(1)
+                if not chunk:
+                    return
+                out[name] += chunk
+        ts = [threading.Thread(target=read, args=("ws", ws.stdout), daemon=True),
+              threading.Thread(target=read, args=("sse", sse.stdout), daemon=True)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(10)
+        assert b'"content":"hi from curl"' in out["ws"], out["ws"]
+        assert b'data: {"channel":"room1"' in out["sse"] and b"hi from curl" in out["sse"], out["sse"]
+    finally:
+        ws.kill()
+        sse.kill()
+        ws.wait()
+        sse.wait()

@@ -33,7 +33,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from netns import Net, remove_stale  # noqa: E402
-from stack import BAD_LOG, BUILD, PLAIN_BUILD, ROOT, Proc, wait_for  # noqa: E402
+from stack import RESULTS, BAD_LOG, BUILD, PLAIN_BUILD, ROOT, Proc, wait_for  # noqa: E402
 
 HOSTS = (("h1", 11), ("h2", 12))
 WORKERS_PER_HOST = 2
@@ -409,6 +409,7 @@ def stats(capsys, test, clients, published):
             "  reconnects %d" % cl.reconnects if cl.reconnects else ""))
     with capsys.disabled():
         sys.stdout.write("\n" + "\n".join(lines) + "\n")
+    RESULTS.extend(lines)
     return ok
 
 

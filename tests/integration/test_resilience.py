@@ -33,7 +33,7 @@ import pytest
 import clients as C
 import fcgi
 import wsraw
-from stack import PLAIN_BUILD, Proc, Stack, wait_for
+from stack import RESULTS, PLAIN_BUILD, Proc, Stack, wait_for
 
 HOST = "127.0.0.1"
 
@@ -74,8 +74,11 @@ async def cancel(tasks):
 def report(name, clients, pub):
     t = C.tally(clients, pub)
     head = "  part" if name.startswith(" ") else "\nRESULT"
-    print("%s %s: published=%d received=%d lost=%d duplicated=%d" % (
-        head, name.strip(), t["published"], t["received"], t["lost"], t["duplicated"]))
+    line = "%s: published=%d received=%d lost=%d duplicated=%d" % (
+        name.strip(), t["published"], t["received"], t["lost"], t["duplicated"])
+    print("%s %s" % (head, line))
+    if not name.startswith(" "):
+        RESULTS.append(line)
     lat = sorted(pub.latencies) or [0.0]
     print("  details: clients=%d out_of_order=%d resets=%d anomalies=%d crashed=%d extra=%d "
           "bad_content=%d bad_error_answers=%d publisher=%s retries=%d transport=%s "
@@ -553,8 +556,10 @@ def test_rate_limit_gives_429_json(fresh_stack):
     st, doc, _ = s.poll(channel=ch, since=0, timeout=0)
     got = [m["id"] for m in doc["messages"]]
     assert got == sorted(d["id"] for d in ok) == list(range(1, len(ok) + 1))
-    print("RESULT test_rate_limit_gives_429_json: published=%d received=%d lost=%d duplicated=%d" % (
-        len(ok), len(got), len(set(d["id"] for d in ok) - set(got)), len(got) - len(set(got))))
+    line = "test_rate_limit_gives_429_json: published=%d received=%d lost=%d duplicated=%d" % (
+        len(ok), len(got), len(set(d["id"] for d in ok) - set(got)), len(got) - len(set(got)))
+    print("RESULT " + line)
+    RESULTS.append(line)
     # The limit lifts by itself.
     wait_for(lambda: s.publish("after", channel=ch)[0] == 200, timeout=10, interval=0.3,
              what="publishing after the burst")
