@@ -1043,7 +1043,11 @@ int broker_read(broker *b, const char *channel, bool has_since, uint64_t since, 
     snprintf(k_hist, sizeof k_hist, "%sh:%s", p, channel);
     rand_hex(gen, 4);
     rand_hex(ep, 4);
-    snprintf(ttl, sizeof ttl, "%u", b->cfg.history_ttl);
+    /* A read may create the state of a channel nobody published to (its
+     * epoch must exist before the first message). Such state expires after
+     * five minutes, so that polling random names cannot fill Redis; the
+     * first publish extends it to the history TTL. */
+    snprintf(ttl, sizeof ttl, "%u", b->cfg.history_ttl < 300 ? b->cfg.history_ttl : 300);
     snprintf(s_since, sizeof s_since, "%llu", (unsigned long long)since);
     snprintf(s_budget, sizeof s_budget, "%zu", budget);
     const char *argv[15] = {"EVALSHA", b->sha_read, "3", k_srv, k_meta, k_hist, b->run_id, lossless_flag(b), gen, ep, ttl, has_since ? "1" : "0", s_since, epoch ? epoch : "",

@@ -174,8 +174,8 @@ class Stack:
         else:
             self.workers.append(p)
         wait_for(lambda: os.path.exists(self.worker_sock(i)), what="worker socket")
-        wait_for(lambda: self.metrics(i).get('pushwire_redis_up{conn="commands"}') == 1 or
-                 not self.redis or not self.redis.alive(), what="worker %d to reach Redis" % i)
+        wait_for(lambda: self.redis_up(self.metrics(i)) or not self.redis or not self.redis.alive(),
+                 what="worker %d to reach Redis" % i)
         return p
 
     def start_relay(self, i, extra=(), build=None):
@@ -190,9 +190,15 @@ class Stack:
             self.relays[i] = p
         else:
             self.relays.append(p)
-        wait_for(lambda: self.relay_metrics_get(i).get("pushwire_ws_clients") is not None,
-                 what="relay %d metrics" % i)
+        wait_for(lambda: self.redis_up(self.relay_metrics_get(i)) or not self.redis or
+                 not self.redis.alive(), what="relay %d to reach Redis" % i)
         return p
+
+    @staticmethod
+    def redis_up(m):
+        """Both Redis connections of a process ready, from its metrics."""
+        return (m.get('pushwire_redis_up{conn="commands"}') == 1 and
+                m.get('pushwire_redis_up{conn="pubsub"}') == 1)
 
     def start_nginx(self):
         env = dict(os.environ)
