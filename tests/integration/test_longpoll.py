@@ -266,3 +266,16 @@ def test_lean_parking_memory_per_held_request(stack):
         assert stack.workers[i].stop() == 0
         stack.workers.pop()
         stack.worker_metrics.pop()
+
+
+def test_channel_state_created_by_a_poll_expires_soon(stack):
+    """Polling a name nobody publishes to leaves Redis state for minutes,
+    not for the history TTL; the first publish keeps the channel a day."""
+    ch = unique_channel()
+    st, doc, _ = stack.poll(channel=ch, timeout=0)
+    assert st == 200
+    ttl = int(stack.redis_cmd("TTL", "pw:ch:" + ch))
+    assert 0 < ttl <= 300
+    stack.publish("now it exists", channel=ch)
+    assert int(stack.redis_cmd("TTL", "pw:ch:" + ch)) > 86000
+    assert int(stack.redis_cmd("TTL", "pw:h:" + ch)) > 86000
