@@ -1,7 +1,9 @@
 /* daemon.c - shared set-up of the two daemons. Touches process state
  * (signals, limits) but no sockets. */
 #include "daemon.h"
+#include "net.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -124,4 +126,151 @@ void daemon_metrics(buf *o, hub *h)
     }
     metric_put(o, "process_resident_memory_bytes", "gauge", "Resident memory.",
                (uint64_t)rss_pages * (uint64_t)sysconf(_SC_PAGESIZE));
+}
+
+/* ---- the running process -------------------------------------------------------- */
+
+#define SHUTDOWN_GRACE_MS 5000
+
+static daemon_rt *the_daemon; /* one per process: signal and timer callbacks find it */
+
+static void goodbye_done(void *arg)
+{
+    daemon_rt *d = arg;
+    d->goodbye_pending = false;
+    daemon_maybe_stop(d);
+}
+
+static void begin_stop(daemon_rt *d, const char *why)
+{
+    if (d->stopping)
+        return;
+    d->stopping = true;
+    d->goodbye_pending = broker_goodbye(hub_broker(d->h), goodbye_done, d) == 0;
+    if (d->accepting)
+        loop_del(d->l, &d->lw);
+    d->accepting = false;
+    timer_stop(d->l, &d->accept_retry);
+    if (d->lw.fd >= 0) {
+        close(d->lw.fd);
+        d->lw.fd = -1;
+    }
+    if (d->unix_path[0])
+        unlink(d->unix_path);
+    d->unix_path[0] = '\0';
+    d->on_stop(why);
+    timer_start(d->l, &d->stop_timer, SHUTDOWN_GRACE_MS);
+    daemon_maybe_stop(d);
+}
+
+static void signal_io(loop *l, io_watch *w, uint32_t revents)
+{
+    (void)l, (void)revents;
+    int sig;
+    while ((sig = daemon_signal(w->fd)))
+        begin_stop(the_daemon, sig == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+static void stop_timer_cb(loop *l, timer *t)
+{
+    (void)t;
+    daemon_rt *d = the_daemon;
+    log_warn("shutdown grace period over with %zu connections open; exiting", d->open_count());
+    if (d->on_grace_over)
+        d->on_grace_over();
+    loop_stop(l);
+}
+
+static void accept_retry_cb(loop *l, timer *t)
+{
+    (void)l, (void)t;
+    daemon_accept_resume(the_daemon);
+}
+
+void daemon_accept_pause(daemon_rt *d, unsigned retry_ms)
+{
+    if (d->accepting) {
+        loop_del(d->l, &d->lw);
+        d->accepting = false;
+    }
+    if (retry_ms)
+        timer_start(d->l, &d->accept_retry, retry_ms);
+}
+
+void daemon_accept_resume(daemon_rt *d)
+{
+    if (d->accepting || d->stopping || d->lw.fd < 0 || (d->may_accept && !d->may_accept()))
+        return;
+    if (loop_add(d->l, &d->lw, EPOLLIN) == 0)
+        d->accepting = true;
+}
+
+void daemon_maybe_stop(daemon_rt *d)
+{
+    if (d->stopping && !d->goodbye_pending && d->open_count() == 0)
+        loop_stop(d->l);
+}
+
+int daemon_start(daemon_rt *d, daemon_common *c, const redis_url *url, int sigfd,
+                 const char *kind, unsigned history, const char *listen_spec, int reuseport,
+                 io_cb *on_accept, metrics_render *render)
+{
+    the_daemon = d;
+    d->l = loop_new();
+    if (!d->l) {
+        log_error("epoll: %s", strerror(errno));
+        return -1;
+    }
+    const char *why;
+    int lfd = net_listen(listen_spec, (int)c->backlog, reuseport, d->unix_path,
+                         sizeof d->unix_path, &why);
+    if (lfd < 0) {
+        log_error("cannot listen on %s: %s", listen_spec, why);
+        return -1;
+    }
+    d->lw.fd = lfd;
+    d->lw.cb = on_accept;
+    d->accept_retry.cb = accept_retry_cb;
+    d->stop_timer.cb = stop_timer_cb;
+    d->sigw.fd = sigfd;
+    d->sigw.cb = signal_io;
+    loop_add(d->l, &d->sigw, EPOLLIN);
+    hub_config hc = {
+        .broker = daemon_broker_config(c, url, kind, history),
+        .batch_bytes = 1 << 20,
+        .ring_bytes = 512 << 10,
+        .linger_ms = 60000,
+    };
+    d->h = hub_new(d->l, &hc);
+    hub_start(d->h);
+    if (c->metrics[0]) {
+        d->metrics = metrics_start(d->l, c->metrics, render, NULL, &why);
+        if (!d->metrics) {
+            log_error("cannot serve metrics on %s: %s", c->metrics, why);
+            return -1;
+        }
+    }
+    daemon_accept_resume(d);
+    log_info("listening on %s (redis %s, id %s%s%s)", listen_spec, c->redis, c->id,
+             c->metrics[0] ? ", metrics " : "", c->metrics);
+    return 0;
+}
+
+void daemon_finish(daemon_rt *d)
+{
+    metrics_stop(d->metrics);
+    d->metrics = NULL;
+    timer_stop(d->l, &d->accept_retry);
+    timer_stop(d->l, &d->stop_timer);
+    if (d->lw.fd >= 0) {
+        loop_del(d->l, &d->lw);
+        close(d->lw.fd);
+        d->lw.fd = -1;
+    }
+    if (d->unix_path[0])
+        unlink(d->unix_path);
+    loop_del(d->l, &d->sigw);
+    close(d->sigw.fd);
+    loop_free(d->l);
+    d->l = NULL;
 }

@@ -12,6 +12,8 @@
 #include "buf.h"
 #include "hub.h"
 #include "log.h"
+#include "loop.h"
+#include "metrics.h"
 #include "opts.h"
 #include "redis_url.h"
 
@@ -47,6 +49,47 @@ int daemon_signal(int sigfd);
 /* The broker settings of a process of this kind. */
 broker_config daemon_broker_config(const daemon_common *c, const redis_url *url,
                                    const char *kind, unsigned history);
+
+/* The running process: loop, hub, listener, signals, metrics, and the
+ * stop sequence (stop accepting, leave the heartbeat set, finish what is
+ * open within a grace period). The binary supplies how many of its
+ * connections are still open and what to do when a stop begins. */
+typedef struct daemon_rt {
+    loop *l;
+    hub *h;
+    io_watch lw; /* the listener; fd -1 once closed */
+    io_watch sigw;
+    char unix_path[108];
+    metrics_srv *metrics;
+    bool accepting, stopping, goodbye_pending;
+    timer accept_retry, stop_timer;
+    size_t (*open_count)(void);             /* stop once this is 0 */
+    bool (*may_accept)(void);               /* under the binary's limits */
+    void (*on_stop)(const char *why);       /* the binary's part of a stop */
+    void (*on_grace_over)(void);            /* last chance to answer */
+} daemon_rt;
+
+/* Create the loop, listen on listen_spec (accept callback on_accept), start
+ * the hub and its broker (kind, history), serve metrics when configured and
+ * watch the signalfd. The caller sets open_count, may_accept, on_stop and
+ * on_grace_over before. Returns 0, or -1 after logging why. */
+int daemon_start(daemon_rt *d, daemon_common *c, const redis_url *url, int sigfd,
+                 const char *kind, unsigned history, const char *listen_spec, int reuseport,
+                 io_cb *on_accept, metrics_render *render);
+
+/* Stop accepting for retry_ms (0: until daemon_accept_resume), e.g. out of
+ * descriptors or at the connection limit. */
+void daemon_accept_pause(daemon_rt *d, unsigned retry_ms);
+/* Accept again if the binary's limits allow it (not while stopping). */
+void daemon_accept_resume(daemon_rt *d);
+
+/* Call when a connection closes: ends the loop once a stop has begun and
+ * nothing is left. */
+void daemon_maybe_stop(daemon_rt *d);
+
+/* After loop_run: close the listener, the metrics and the signalfd, and
+ * free the loop (the binary frees the hub and its connections before). */
+void daemon_finish(daemon_rt *d);
 
 /* One Prometheus metric with its HELP and TYPE lines. */
 void metric_put(buf *o, const char *name, const char *type, const char *help, uint64_t v);

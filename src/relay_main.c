@@ -36,7 +36,6 @@
 #define HEAD_MAX       8192
 #define READ_CHUNK     16384
 #define CLOSE_LINGER   2000 /* ms to wait for the peer's close after ours */
-#define SHUTDOWN_GRACE 5000
 
 enum client_state { C_HANDSHAKE, C_OPEN, C_CLOSING, C_DEAD };
 
@@ -78,16 +77,9 @@ static struct config {
 };
 
 static struct relay {
-    loop *l;
-    hub *h;
-    io_watch lw;
-    io_watch sigw;
-    bool accepting, stopping;
-    bool goodbye_pending;
-    metrics_srv *metrics;
+    daemon_rt d;
     client *clients;
     size_t nclients, nopen;
-    timer stop_timer, accept_retry;
     rbuf *ping_frame;
     /* Clients with frames queued in this loop round: written once, after
      * every message read in the round was queued (one writev carries as
@@ -102,12 +94,6 @@ static struct relay {
 } R;
 
 static void client_kill(client *c);
-
-static void maybe_stop(void)
-{
-    if (R.stopping && !R.clients && !R.goodbye_pending)
-        loop_stop(R.l);
-}
 
 /* ---- writing ------------------------------------------------------------------ */
 
@@ -133,10 +119,10 @@ static void client_kill(client *c)
         last->dirty_idx = c->dirty_idx;
         c->dirty_idx = 0;
     }
-    hub_unsubscribe(R.h, &c->sub);
-    timer_stop(R.l, &c->t);
+    hub_unsubscribe(R.d.h, &c->sub);
+    timer_stop(R.d.l, &c->t);
     outq_clear(&c->out);
-    loop_del(R.l, &c->w);
+    loop_del(R.d.l, &c->w);
     close(c->w.fd);
     c->w.fd = -1;
     if (c->prev)
@@ -146,12 +132,10 @@ static void client_kill(client *c)
     if (c->next)
         c->next->prev = c->prev;
     R.nclients--;
-    loop_reap(R.l, &c->reap, client_reap);
-    maybe_stop();
-    if (!R.accepting && !R.stopping && R.nclients < cfg.max_clients * 9 / 10) {
-        R.accepting = true;
-        loop_add(R.l, &R.lw, EPOLLIN);
-    }
+    loop_reap(R.d.l, &c->reap, client_reap);
+    daemon_maybe_stop(&R.d);
+    if (R.nclients < cfg.max_clients * 9 / 10)
+        daemon_accept_resume(&R.d);
 }
 
 static void client_flush(client *c)
@@ -162,7 +146,7 @@ static void client_flush(client *c)
         return;
     }
     if (rc == 0) {
-        loop_mod(R.l, &c->w, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
+        loop_mod(R.d.l, &c->w, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
         return;
     }
     if (c->close_after) {
@@ -174,13 +158,13 @@ static void client_flush(client *c)
          * to answer with its close (or EOF) before the socket goes. */
         shutdown(c->w.fd, SHUT_WR);
         c->await_peer = false;
-        loop_mod(R.l, &c->w, EPOLLIN | EPOLLRDHUP);
+        loop_mod(R.d.l, &c->w, EPOLLIN | EPOLLRDHUP);
         return;
     }
-    loop_mod(R.l, &c->w, EPOLLIN | EPOLLRDHUP);
+    loop_mod(R.d.l, &c->w, EPOLLIN | EPOLLRDHUP);
     if (c->paused && c->state == C_OPEN) {
         c->paused = false;
-        hub_sub_resume(R.h, &c->sub);
+        hub_sub_resume(R.d.h, &c->sub);
     }
 }
 
@@ -207,9 +191,9 @@ static void release_101(client *c)
 {
     if (!c->held_101)
         return;
-    timer_stop(R.l, &c->t);
+    timer_stop(R.d.l, &c->t);
     c->t.cb = ping_cb;
-    timer_start(R.l, &c->t, (uint64_t)cfg.ping_interval * 1000);
+    timer_start(R.d.l, &c->t, (uint64_t)cfg.ping_interval * 1000);
     outq_push(&c->out, c->held_101);
     rbuf_unref(c->held_101);
     c->held_101 = NULL;
@@ -221,7 +205,7 @@ static void release_101(client *c)
 static void client_finish(client *c, const void *p, size_t n, bool drop_queue, bool await_peer)
 {
     c->state = C_CLOSING;
-    hub_unsubscribe(R.h, &c->sub);
+    hub_unsubscribe(R.d.h, &c->sub);
     if (drop_queue)
         outq_drop_unstarted(&c->out);
     release_101(c);
@@ -229,7 +213,7 @@ static void client_finish(client *c, const void *p, size_t n, bool drop_queue, b
     c->close_after = true;
     c->await_peer = await_peer;
     c->t.cb = close_linger_cb;
-    timer_start(R.l, &c->t, CLOSE_LINGER);
+    timer_start(R.d.l, &c->t, CLOSE_LINGER);
     client_flush(c);
 }
 
@@ -282,7 +266,7 @@ static void flush_dirty(reap_node *n)
         client_flush(c);
         if (c->state == C_OPEN && c->paused && c->out.bytes < (size_t)cfg.max_queue / 4) {
             c->paused = false;
-            hub_sub_resume(R.h, &c->sub);
+            hub_sub_resume(R.d.h, &c->sub);
         }
     }
 }
@@ -296,7 +280,7 @@ static void flush_later(client *c)
         R.dirty = xrealloc(R.dirty, R.dirty_cap * sizeof *R.dirty);
     }
     if (!R.ndirty)
-        loop_reap(R.l, &R.flush_node, flush_dirty);
+        loop_reap(R.d.l, &R.flush_node, flush_dirty);
     R.dirty[R.ndirty++] = c;
     c->dirty_idx = R.ndirty;
 }
@@ -372,7 +356,7 @@ static void ping_cb(loop *l, timer *t)
 
 static void on_frames(client *c, const uint8_t *p, size_t n)
 {
-    c->last_rx = loop_now(R.l);
+    c->last_rx = loop_now(R.d.l);
     c->ping_outstanding = false;
     while (n && c->state == C_OPEN) {
         ws_event ev;
@@ -492,11 +476,11 @@ static void upgrade(client *c, const ws_request *req)
     c->upgraded = true;
     R.nopen++;
     ws_parser_init(&c->parser, cfg.max_message);
-    c->last_rx = loop_now(R.l);
+    c->last_rx = loop_now(R.d.l);
     c->t.cb = hold_101_cb;
-    timer_start(R.l, &c->t, cfg.c.redis_timeout);
+    timer_start(R.d.l, &c->t, cfg.c.redis_timeout);
     hub_sub_init(&c->sub, &ws_ops, true);
-    hub_subscribe(R.h, &c->sub, p.channel, p.has_since, p.since, p.epoch);
+    hub_subscribe(R.d.h, &c->sub, p.channel, p.has_since, p.since, p.epoch);
 }
 
 static void handshake_read(client *c)
@@ -585,14 +569,12 @@ static void handshake_deadline(loop *l, timer *t)
 static void listen_io(loop *l, io_watch *w, uint32_t revents)
 {
     (void)revents;
-    for (int i = 0; i < 64 && R.accepting; i++) {
+    for (int i = 0; i < 64 && R.d.accepting; i++) {
         int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 log_warn("accept: %s; pausing accepts for 100 ms", strerror(errno));
-                R.accepting = false;
-                loop_del(l, &R.lw);
-                timer_start(l, &R.accept_retry, 100);
+                daemon_accept_pause(&R.d, 100);
             }
             return;
         }
@@ -619,21 +601,15 @@ static void listen_io(loop *l, io_watch *w, uint32_t revents)
         timer_start(l, &c->t, (uint64_t)cfg.handshake_timeout * 1000);
         if (R.nclients >= cfg.max_clients) {
             log_warn("%zu clients (--max-clients): pausing accepts", R.nclients);
-            R.accepting = false;
-            loop_del(l, &R.lw);
+            daemon_accept_pause(&R.d, 0);
             return;
         }
     }
 }
 
-static void accept_retry_cb(loop *l, timer *t)
-{
-    (void)t;
-    if (!R.accepting && !R.stopping && R.nclients < cfg.max_clients) {
-        R.accepting = true;
-        loop_add(l, &R.lw, EPOLLIN);
-    }
-}
+static size_t open_count(void) { return R.nclients; }
+
+static bool may_accept(void) { return R.nclients < cfg.max_clients; }
 
 /* ---- metrics ---------------------------------------------------------------------------------- */
 
@@ -658,37 +634,15 @@ static void render_metrics(buf *o, void *ctx)
                "Clients dropped for not answering pings.", R.st.dead_pings);
     metric_put(o, "pushwire_ws_protocol_errors_total", "counter",
                "Clients closed for protocol errors.", R.st.protocol_errors);
-    daemon_metrics(o, R.h);
+    daemon_metrics(o, R.d.h);
 }
 
 /* ---- start and stop ---------------------------------------------------------------------------- */
 
-static void stop_now(loop *l, timer *t)
+/* A stop began (the listener is closed): close every client with 1001. */
+static void on_stop(const char *why)
 {
-    (void)t;
-    log_warn("shutdown grace period over with %zu connections open; exiting", R.nclients);
-    loop_stop(l);
-}
-
-static void goodbye_done(void *arg)
-{
-    (void)arg;
-    R.goodbye_pending = false;
-    maybe_stop();
-}
-
-static void begin_shutdown(const char *why)
-{
-    if (R.stopping)
-        return;
-    R.stopping = true;
-    R.goodbye_pending = broker_goodbye(hub_broker(R.h), goodbye_done, NULL) == 0;
     log_info("%s: stopping (closing %zu WebSockets with 1001)", why, R.nopen);
-    if (R.accepting)
-        loop_del(R.l, &R.lw);
-    R.accepting = false;
-    close(R.lw.fd);
-    R.lw.fd = -1;
     for (client *c = R.clients, *next; c; c = next) {
         next = c->next;
         if (c->state == C_OPEN)
@@ -696,16 +650,6 @@ static void begin_shutdown(const char *why)
         else if (c->state == C_HANDSHAKE)
             client_kill(c);
     }
-    timer_start(R.l, &R.stop_timer, SHUTDOWN_GRACE);
-    maybe_stop();
-}
-
-static void signal_io(loop *l, io_watch *w, uint32_t revents)
-{
-    (void)l, (void)revents;
-    int sig;
-    while ((sig = daemon_signal(w->fd)))
-        begin_shutdown(sig == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
 static const opt_def relay_options[] = {
@@ -742,66 +686,26 @@ int main(int argc, char **argv)
     int sigfd = daemon_setup(&cfg.c, "pushwire-relay", &url);
     if (sigfd < 0)
         return 2;
-    const char *why;
-
-    R.l = loop_new();
-    if (!R.l) {
-        log_error("epoll: %s", strerror(errno));
-        return 1;
-    }
-    char unix_path[108];
-    int lfd = net_listen(cfg.listen, (int)cfg.c.backlog, 1, unix_path, sizeof unix_path, &why);
-    if (lfd < 0) {
-        log_error("cannot listen on %s: %s", cfg.listen, why);
-        return 1;
-    }
-    R.lw.fd = lfd;
-    R.lw.cb = listen_io;
-    R.accept_retry.cb = accept_retry_cb;
-    R.stop_timer.cb = stop_now;
-    R.sigw.fd = sigfd;
-    R.sigw.cb = signal_io;
-    loop_add(R.l, &R.sigw, EPOLLIN);
-
     uint8_t ping[WS_FRAME_HEADER_MAX + WS_CONTROL_MAX];
     size_t pl = ws_frame_control(ping, WS_OP_PING, (const uint8_t *)"pw", 2);
     R.ping_frame = rbuf_new(ping, pl);
+    R.d.open_count = open_count;
+    R.d.may_accept = may_accept;
+    R.d.on_stop = on_stop;
+    if (daemon_start(&R.d, &cfg.c, &url, sigfd, "relay", 1000, cfg.listen, 1, listen_io,
+                     render_metrics) < 0)
+        return 1;
 
-    hub_config hc = {
-        .broker = daemon_broker_config(&cfg.c, &url, "relay", 1000),
-        .batch_bytes = 1 << 20,
-        .ring_bytes = 512 << 10,
-        .linger_ms = 60000,
-    };
-    R.h = hub_new(R.l, &hc);
-    hub_start(R.h);
-    if (cfg.c.metrics[0]) {
-        R.metrics = metrics_start(R.l, cfg.c.metrics, render_metrics, NULL, &why);
-        if (!R.metrics) {
-            log_error("cannot serve metrics on %s: %s", cfg.c.metrics, why);
-            return 1;
-        }
-    }
-    R.accepting = true;
-    loop_add(R.l, &R.lw, EPOLLIN);
-    log_info("listening on %s (redis %s, id %s%s%s)", cfg.listen, cfg.c.redis, cfg.c.id,
-             cfg.c.metrics[0] ? ", metrics " : "", cfg.c.metrics);
-
-    rc = loop_run(R.l);
+    rc = loop_run(R.d.l);
     if (rc < 0)
         log_error("event loop failed: %s", strerror(errno));
     while (R.clients)
         client_kill(R.clients);
-    metrics_stop(R.metrics);
-    hub_free(R.h);
+    hub_free(R.d.h);
+    R.d.h = NULL;
     rbuf_unref(R.ping_frame);
     free(R.dirty);
-    if (R.lw.fd >= 0)
-        close(R.lw.fd);
-    if (unix_path[0])
-        unlink(unix_path);
-    close(R.sigw.fd);
-    loop_free(R.l);
+    daemon_finish(&R.d);
     log_info("stopped");
     return rc < 0 ? 1 : 0;
 }

@@ -31,7 +31,6 @@
 
 #define SSE_QUEUE_MAX   (4u << 20) /* an EventSource client this far behind is cut off */
 #define SSE_RESUME_MAX  (256u << 10)
-#define SHUTDOWN_GRACE  5000
 
 enum req_kind { K_NONE, K_POLL, K_SSE, K_PUBLISH, K_HEALTH };
 /* A connection from nginx carries one request at a time: IDLE (kept alive,
@@ -78,23 +77,13 @@ static struct config {
 };
 
 static struct worker {
-    loop *l;
-    hub *h;
+    daemon_rt d;
     broker *b;
-    io_watch lw;
-    bool accepting;
     size_t nidle; /* kept-alive connections without a request */
-    char unix_path[108];
-    io_watch sigw;
-    metrics_srv *metrics;
     req *reqs;
     size_t nreqs;
     api_limits limits;
     size_t max_body;
-    bool stopping;
-    bool goodbye_pending; /* our heartbeat entry is being removed */
-    timer stop_timer;
-    timer accept_retry;
     /* The last long-poll timeout answer, reused while it stays current. */
     struct {
         char channel[PW_CHANNEL_MAX + 1];
@@ -111,14 +100,6 @@ static struct worker {
 } W;
 
 static void req_close(req *r);
-
-/* While stopping, the loop ends once every request is answered and Redis
- * has forgotten our heartbeat. */
-static void maybe_stop(void)
-{
-    if (W.stopping && !W.reqs && !W.goodbye_pending)
-        loop_stop(W.l);
-}
 
 /* ---- responses ---------------------------------------------------------------- */
 
@@ -161,43 +142,41 @@ static void req_close(req *r)
     if (r->phase == P_IDLE)
         W.nidle--;
     r->phase = P_DONE;
-    if (W.h)
-        hub_unsubscribe(W.h, &r->sub);
-    timer_stop(W.l, &r->tmo);
+    if (W.d.h)
+        hub_unsubscribe(W.d.h, &r->sub);
+    timer_stop(W.d.l, &r->tmo);
     outq_clear(&r->out);
     if (!r->fd_closed) {
-        loop_del(W.l, &r->w);
+        loop_del(W.d.l, &r->w);
         close(r->w.fd);
         r->fd_closed = true;
     }
     r->w.fd = -1;
     req_unlink(r);
-    loop_reap(W.l, &r->reap, req_reap);
-    maybe_stop();
-    if (!W.accepting && !W.stopping && W.nreqs < cfg.max_requests * 9 / 10) {
-        W.accepting = true;
-        loop_add(W.l, &W.lw, EPOLLIN);
-    }
+    loop_reap(W.d.l, &r->reap, req_reap);
+    daemon_maybe_stop(&W.d);
+    if (W.nreqs < cfg.max_requests * 9 / 10)
+        daemon_accept_resume(&W.d);
 }
 
 /* The final answer is written: keep the connection for nginx's next
  * request when it asked for that, else close. */
 static void req_done(req *r)
 {
-    if (!r->keep_conn || W.stopping) {
+    if (!r->keep_conn || W.d.stopping) {
         req_close(r);
         return;
     }
     if (r->kind == K_SSE)
         W.st.sse_streams--;
-    timer_stop(W.l, &r->tmo);
+    timer_stop(W.d.l, &r->tmo);
     free(r->pub_channel);
     r->pub_channel = NULL;
     r->kind = K_NONE;
     r->phase = P_IDLE;
     r->no_wait = r->sse_paused = r->sse_head = false;
     W.nidle++;
-    loop_mod(W.l, &r->w, EPOLLIN | EPOLLRDHUP);
+    loop_mod(W.d.l, &r->w, EPOLLIN | EPOLLRDHUP);
 }
 
 /* Write what is queued; finish when a final answer is fully sent. */
@@ -209,17 +188,17 @@ static void req_flush(req *r)
         return;
     }
     if (rc == 0) {
-        loop_mod(W.l, &r->w, EPOLLOUT | EPOLLRDHUP);
+        loop_mod(W.d.l, &r->w, EPOLLOUT | EPOLLRDHUP);
         return;
     }
     if (r->phase == P_WRITING) {
         req_done(r);
         return;
     }
-    loop_mod(W.l, &r->w, EPOLLIN | EPOLLRDHUP);
+    loop_mod(W.d.l, &r->w, EPOLLIN | EPOLLRDHUP);
     if (r->kind == K_SSE && r->sse_paused) {
         r->sse_paused = false;
-        hub_sub_resume(W.h, &r->sub);
+        hub_sub_resume(W.d.h, &r->sub);
     }
 }
 
@@ -229,7 +208,7 @@ static void req_finish(req *r, rbuf *records, int status)
     if (r->kind == K_POLL && r->phase == P_ACTIVE)
         W.st.polls_held--;
     r->phase = P_WRITING;
-    timer_stop(W.l, &r->tmo);
+    timer_stop(W.d.l, &r->tmo);
     count_status(status);
     outq_push(&r->out, records);
     req_flush(r);
@@ -317,7 +296,7 @@ static void sse_open(req *r)
     outq_push(&r->out, rb);
     rbuf_unref(rb);
     count_status(200);
-    timer_start(W.l, &r->tmo, cfg.sse_heartbeat * 1000);
+    timer_start(W.d.l, &r->tmo, cfg.sse_heartbeat * 1000);
 }
 
 static rbuf *poll_records(uint16_t reqid, const hub_batch *b)
@@ -392,7 +371,7 @@ static void on_deliver(hub_sub *s, hub_batch *b)
     req_flush(r);
     if (r->phase == P_ACTIVE && r->sse_paused && r->out.bytes < SSE_RESUME_MAX) {
         r->sse_paused = false;
-        hub_sub_resume(W.h, &r->sub);
+        hub_sub_resume(W.d.h, &r->sub);
     }
 }
 
@@ -420,13 +399,13 @@ static void poll_timeout_answer(req *r)
     uint64_t newest;
     const rbuf *json;
     if (!hub_current(&r->sub, &epoch, &newest, &json)) {
-        hub_unsubscribe(W.h, &r->sub);
+        hub_unsubscribe(W.d.h, &r->sub);
         req_unavailable(r, "Redis is unreachable; retry later");
         return;
     }
     char name[PW_CHANNEL_MAX + 1];
     snprintf(name, sizeof name, "%s", hub_sub_channel(&r->sub));
-    hub_unsubscribe(W.h, &r->sub);
+    hub_unsubscribe(W.d.h, &r->sub);
     rbuf *rec;
     if (r->reqid == 1 && W.tcache.records && W.tcache.newest == newest &&
         !strcmp(W.tcache.channel, name) && !strcmp(W.tcache.epoch, epoch)) {
@@ -483,7 +462,7 @@ static void handle_poll(req *r, const api_http *http)
         req_error(r, err.status, err.message, err.allow ? "Allow: GET\r\n" : NULL);
         return;
     }
-    if (W.stopping) {
+    if (W.d.stopping) {
         req_unavailable(r, "server is shutting down");
         return;
     }
@@ -496,8 +475,8 @@ static void handle_poll(req *r, const api_http *http)
         r->kind = K_SSE;
         r->sse_head = true;
         W.st.sse_streams++;
-        timer_start(W.l, &r->tmo, cfg.c.redis_timeout);
-        hub_subscribe(W.h, &r->sub, p.channel, p.has_since, p.since, p.epoch);
+        timer_start(W.d.l, &r->tmo, cfg.c.redis_timeout);
+        hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch);
         return;
     }
     r->kind = K_POLL;
@@ -505,8 +484,8 @@ static void handle_poll(req *r, const api_http *http)
     W.st.polls_held++;
     /* With timeout=0 the answer comes when the poll is up to date (on_parked)
      * or, if Redis cannot tell, a 503 after the Redis timeout. */
-    timer_start(W.l, &r->tmo, p.timeout ? (uint64_t)p.timeout * 1000 : cfg.c.redis_timeout);
-    hub_subscribe(W.h, &r->sub, p.channel, p.has_since, p.since, p.epoch);
+    timer_start(W.d.l, &r->tmo, p.timeout ? (uint64_t)p.timeout * 1000 : cfg.c.redis_timeout);
+    hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch);
 }
 
 static void publish_done(void *arg, const broker_pub_result *res)
@@ -551,7 +530,7 @@ static void handle_publish(req *r, const api_http *http, bool too_large)
         req_error(r, err.status, err.message, err.allow ? "Allow: POST\r\n" : NULL);
         return;
     }
-    if (W.stopping) {
+    if (W.d.stopping) {
         api_publish_free(&p);
         req_unavailable(r, "server is shutting down");
         return;
@@ -682,7 +661,7 @@ static void req_gone(req *r)
         W.st.client_aborts++;
     if (r->in_broker) {
         /* The broker still holds r: close the socket now, free later. */
-        loop_del(W.l, &r->w);
+        loop_del(W.d.l, &r->w);
         close(r->w.fd);
         r->fd_closed = true;
         return;
@@ -756,14 +735,12 @@ static void req_io(loop *l, io_watch *w, uint32_t revents)
 
 static void accept_some(void)
 {
-    for (int i = 0; i < 128 && W.accepting; i++) {
-        int fd = accept4(W.lw.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    for (int i = 0; i < 128 && W.d.accepting; i++) {
+        int fd = accept4(W.d.lw.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 log_warn("accept: %s; pausing accepts for 100 ms", strerror(errno));
-                W.accepting = false;
-                loop_del(W.l, &W.lw);
-                timer_start(W.l, &W.accept_retry, 100);
+                daemon_accept_pause(&W.d, 100);
             } else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
                 log_error("accept failed: %s", strerror(errno));
             }
@@ -781,7 +758,7 @@ static void accept_some(void)
         W.reqs = r;
         W.nreqs++;
         W.nidle++;
-        if (loop_add(W.l, &r->w, EPOLLIN | EPOLLRDHUP) < 0) {
+        if (loop_add(W.d.l, &r->w, EPOLLIN | EPOLLRDHUP) < 0) {
             log_error("epoll_ctl: %s", strerror(errno));
             req_close(r);
             continue;
@@ -789,10 +766,9 @@ static void accept_some(void)
         /* nginx writes the request right after connecting: it is usually
          * here already, and reading now saves a trip through epoll. */
         req_read(r);
-        if (W.nreqs >= cfg.max_requests && W.accepting) {
+        if (W.nreqs >= cfg.max_requests && W.d.accepting) {
             log_warn("%zu connections open (--max-requests): pausing accepts", W.nreqs);
-            W.accepting = false;
-            loop_del(W.l, &W.lw);
+            daemon_accept_pause(&W.d, 0);
         }
     }
 }
@@ -803,14 +779,9 @@ static void listen_io(loop *l, io_watch *w, uint32_t revents)
     accept_some();
 }
 
-static void accept_retry_cb(loop *l, timer *t)
-{
-    (void)t;
-    if (!W.accepting && !W.stopping && W.nreqs < cfg.max_requests) {
-        W.accepting = true;
-        loop_add(l, &W.lw, EPOLLIN);
-    }
-}
+static size_t open_count(void) { return W.nreqs; }
+
+static bool may_accept(void) { return W.nreqs < cfg.max_requests; }
 
 /* ---- metrics ------------------------------------------------------------------------ */
 
@@ -846,46 +817,27 @@ static void render_metrics(buf *o, void *ctx)
                W.st.publishes_failed);
     metric_put(o, "pushwire_slow_consumer_disconnects_total", "counter",
                "EventSource clients cut off for not reading.", W.st.sse_cutoffs);
-    daemon_metrics(o, W.h);
+    daemon_metrics(o, W.d.h);
 }
 
 /* ---- start and stop ------------------------------------------------------------------ */
 
-static void stop_now(loop *l, timer *t)
+/* The grace period is over: whatever poll is still held gets a 503. */
+static void grace_over(void)
 {
-    (void)t;
-    log_warn("shutdown grace period over with %zu requests open; exiting", W.nreqs);
     for (req *r = W.reqs, *next; r; r = next) {
         next = r->next;
         if (r->kind == K_POLL && r->phase == P_ACTIVE) {
-            hub_unsubscribe(W.h, &r->sub);
+            hub_unsubscribe(W.d.h, &r->sub);
             req_unavailable(r, "server is shutting down");
         }
     }
-    loop_stop(l);
 }
 
-static void goodbye_done(void *arg)
+/* A stop began (the listener is closed): answer what is held. */
+static void on_stop(const char *why)
 {
-    (void)arg;
-    W.goodbye_pending = false;
-    maybe_stop();
-}
-
-static void begin_shutdown(const char *why)
-{
-    if (W.stopping)
-        return;
-    W.stopping = true;
-    W.goodbye_pending = broker_goodbye(W.b, goodbye_done, NULL) == 0;
     log_info("%s: stopping (answering %zu held requests)", why, W.st.polls_held + W.st.sse_streams);
-    if (W.accepting)
-        loop_del(W.l, &W.lw);
-    W.accepting = false;
-    close(W.lw.fd);
-    W.lw.fd = -1;
-    if (W.unix_path[0])
-        unlink(W.unix_path);
     for (req *r = W.reqs, *next; r; r = next) {
         next = r->next;
         if (r->phase == P_IDLE) {
@@ -904,7 +856,7 @@ static void begin_shutdown(const char *why)
             if (hub_current(&r->sub, &e, &n, &j))
                 poll_timeout_answer(r);
         } else if (r->kind == K_SSE) {
-            hub_unsubscribe(W.h, &r->sub);
+            hub_unsubscribe(W.d.h, &r->sub);
             sse_open(r);
             buf rec = BUF_INIT;
             fcgi_rec_end(&rec, r->reqid);
@@ -915,16 +867,6 @@ static void begin_shutdown(const char *why)
         }
         /* Publishes in flight finish on their own. */
     }
-    timer_start(W.l, &W.stop_timer, SHUTDOWN_GRACE);
-    maybe_stop();
-}
-
-static void signal_io(loop *l, io_watch *w, uint32_t revents)
-{
-    (void)l, (void)revents;
-    int sig;
-    while ((sig = daemon_signal(w->fd)))
-        begin_shutdown(sig == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
 static const opt_def worker_options[] = {
@@ -963,57 +905,22 @@ int main(int argc, char **argv)
         return 2;
     if (cfg.poll_timeout > cfg.max_poll_timeout)
         cfg.poll_timeout = cfg.max_poll_timeout;
-    const char *why;
-
-    W.l = loop_new();
-    if (!W.l) {
-        log_error("epoll: %s", strerror(errno));
-        return 1;
-    }
     W.limits.max_content = cfg.max_content;
     W.limits.default_timeout = cfg.poll_timeout;
     W.limits.max_timeout = cfg.max_poll_timeout;
     /* The largest body nginx may pass: every content byte percent-encoded
      * (3 bytes) or JSON-escaped (up to 6), plus the other fields. */
     W.max_body = (size_t)cfg.max_content * 6 + 4096;
-
-    int lfd = net_listen(cfg.listen, (int)cfg.c.backlog, 0, W.unix_path, sizeof W.unix_path, &why);
-    if (lfd < 0) {
-        log_error("cannot listen on %s: %s", cfg.listen, why);
+    W.d.open_count = open_count;
+    W.d.may_accept = may_accept;
+    W.d.on_stop = on_stop;
+    W.d.on_grace_over = grace_over;
+    if (daemon_start(&W.d, &cfg.c, &url, sigfd, "worker", cfg.history, cfg.listen, 0, listen_io,
+                     render_metrics) < 0)
         return 1;
-    }
-    W.lw.fd = lfd;
-    W.lw.cb = listen_io;
-    W.accept_retry.cb = accept_retry_cb;
-    W.stop_timer.cb = stop_now;
+    W.b = hub_broker(W.d.h);
 
-    W.sigw.fd = sigfd;
-    W.sigw.cb = signal_io;
-    loop_add(W.l, &W.sigw, EPOLLIN);
-
-    hub_config hc = {
-        .broker = daemon_broker_config(&cfg.c, &url, "worker", cfg.history),
-        .batch_bytes = 1 << 20,
-        .ring_bytes = 512 << 10,
-        .linger_ms = 60000,
-    };
-    W.h = hub_new(W.l, &hc);
-    W.b = hub_broker(W.h);
-    hub_start(W.h);
-
-    if (cfg.c.metrics[0]) {
-        W.metrics = metrics_start(W.l, cfg.c.metrics, render_metrics, NULL, &why);
-        if (!W.metrics) {
-            log_error("cannot serve metrics on %s: %s", cfg.c.metrics, why);
-            return 1;
-        }
-    }
-    W.accepting = true;
-    loop_add(W.l, &W.lw, EPOLLIN);
-    log_info("listening on %s (redis %s, id %s%s%s)", cfg.listen, cfg.c.redis, cfg.c.id,
-             cfg.c.metrics[0] ? ", metrics " : "", cfg.c.metrics);
-
-    rc = loop_run(W.l);
+    rc = loop_run(W.d.l);
     if (rc < 0)
         log_error("event loop failed: %s", strerror(errno));
 
@@ -1021,21 +928,14 @@ int main(int argc, char **argv)
      * detach subscribers from the hub, then close Redis (publishes in flight
      * get their 503 from the broker's callbacks), then close the rest. */
     for (req *r = W.reqs; r; r = r->next)
-        hub_unsubscribe(W.h, &r->sub);
-    hub_free(W.h);
-    W.h = NULL;
+        hub_unsubscribe(W.d.h, &r->sub);
+    hub_free(W.d.h);
+    W.d.h = NULL;
     W.b = NULL;
     while (W.reqs)
         req_close(W.reqs);
-    metrics_stop(W.metrics);
     rbuf_unref(W.tcache.records);
-    if (W.lw.fd >= 0) {
-        close(W.lw.fd);
-        if (W.unix_path[0])
-            unlink(W.unix_path);
-    }
-    close(W.sigw.fd);
-    loop_free(W.l); /* runs the last reaps */
+    daemon_finish(&W.d);
     log_info("stopped");
     return rc < 0 ? 1 : 0;
 }
