@@ -67,7 +67,8 @@ int daemon_setup(daemon_common *c, const char *prog, redis_url *url)
     return fd;
 }
 
-int daemon_signal(int sigfd)
+/* Read the signalfd: the signal number, or 0 when none is pending. */
+static int daemon_signal(int sigfd)
 {
     struct signalfd_siginfo si;
     if (read(sigfd, &si, sizeof si) != sizeof si)
@@ -75,8 +76,9 @@ int daemon_signal(int sigfd)
     return (int)si.ssi_signo;
 }
 
-broker_config daemon_broker_config(const daemon_common *c, const redis_url *url,
-                                   const char *kind, unsigned history)
+/* The broker settings of a process of this kind. */
+static broker_config daemon_broker_config(const daemon_common *c, const redis_url *url,
+                                          const char *kind, unsigned history)
 {
     broker_config b = {.url = *url,
                        .prefix = c->prefix,
@@ -102,15 +104,16 @@ void daemon_metrics(buf *o, hub *h)
     broker *b = hub_broker(h);
     const broker_stats *bs = broker_get_stats(b);
     metric_put(o, "pushwire_channels", "gauge", "Channels this process follows.", hs.channels);
-    metric_put(o, "pushwire_messages_received_total", "counter",
-               "Messages received from pub/sub.", hs.live_messages);
+    metric_put(o, "pushwire_messages_received_total", "counter", "Messages received from pub/sub.",
+               hs.live_messages);
     metric_put(o, "pushwire_messages_delivered_total", "counter",
                "Messages delivered to subscribers (one per subscriber).", hs.messages_out);
     metric_put(o, "pushwire_resyncs_total", "counter", "Channel resyncs from Redis history.",
                hs.resyncs);
-    buf_printf(o, "# HELP pushwire_redis_up Redis connections ready (1) or not (0).\n"
-                  "# TYPE pushwire_redis_up gauge\n"
-                  "pushwire_redis_up{conn=\"commands\"} %d\npushwire_redis_up{conn=\"pubsub\"} %d\n",
+    buf_printf(o,
+               "# HELP pushwire_redis_up Redis connections ready (1) or not (0).\n"
+               "# TYPE pushwire_redis_up gauge\n"
+               "pushwire_redis_up{conn=\"commands\"} %d\npushwire_redis_up{conn=\"pubsub\"} %d\n",
                broker_cmd_ready(b), broker_sub_ready(b));
     metric_put(o, "pushwire_redis_reconnects_total", "counter",
                "Redis connections (re)established.", bs->cmd_connects + bs->sub_connects);
@@ -211,9 +214,9 @@ void daemon_maybe_stop(daemon_rt *d)
         loop_stop(d->l);
 }
 
-int daemon_start(daemon_rt *d, daemon_common *c, const redis_url *url, int sigfd,
-                 const char *kind, unsigned history, const char *listen_spec, int reuseport,
-                 io_cb *on_accept, metrics_render *render)
+int daemon_start(daemon_rt *d, daemon_common *c, const redis_url *url, int sigfd, const char *kind,
+                 unsigned history, const char *listen_spec, int reuseport, io_cb *on_accept,
+                 metrics_render *render)
 {
     the_daemon = d;
     d->l = loop_new();
@@ -222,8 +225,8 @@ int daemon_start(daemon_rt *d, daemon_common *c, const redis_url *url, int sigfd
         return -1;
     }
     const char *why;
-    int lfd = net_listen(listen_spec, (int)c->backlog, reuseport, d->unix_path,
-                         sizeof d->unix_path, &why);
+    int lfd = net_listen(listen_spec, (int)c->backlog, reuseport, d->unix_path, sizeof d->unix_path,
+                         &why);
     if (lfd < 0) {
         log_error("cannot listen on %s: %s", listen_spec, why);
         return -1;

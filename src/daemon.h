@@ -43,13 +43,6 @@ void daemon_options(opt_def *out, daemon_common *c);
  * signalfd, or -1 after printing why. */
 int daemon_setup(daemon_common *c, const char *prog, redis_url *url);
 
-/* Read the signalfd: the signal number, or 0 when none is pending. */
-int daemon_signal(int sigfd);
-
-/* The broker settings of a process of this kind. */
-broker_config daemon_broker_config(const daemon_common *c, const redis_url *url,
-                                   const char *kind, unsigned history);
-
 /* The running process: loop, hub, listener, signals, metrics, and the
  * stop sequence (stop accepting, leave the heartbeat set, finish what is
  * open within a grace period). The binary supplies how many of its

@@ -6,6 +6,7 @@ free loopback ports, in a fresh temporary directory. Processes are stopped by
 the PIDs this module started, and their logs are checked for sanitizer
 reports and nginx alerts when the stack stops.
 """
+import asyncio
 import http.client
 import json
 import os
@@ -15,8 +16,10 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
+import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("PW_BUILD", os.path.join(ROOT, "build", "asan"))
@@ -41,6 +44,7 @@ def free_port():
 
 
 def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
+    """pred() until it is true (exceptions count as false); its value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -51,6 +55,46 @@ def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
             pass
         time.sleep(interval)
     raise AssertionError("timed out waiting for " + what)
+
+
+async def async_wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
+    """wait_for for asyncio tests: sleeps without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception:
+            pass
+        await asyncio.sleep(interval)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def unique_channel(prefix="t"):
+    """A channel no other test uses."""
+    return "%s-%s" % (prefix, uuid.uuid4().hex[:12])
+
+
+def parse_metrics(text):
+    """Prometheus text to {name{labels}: value}."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+class Poller(threading.Thread):
+    """One long-poll in the background: stack.poll(**kw) into .result."""
+
+    def __init__(self, stack, **kw):
+        super().__init__(daemon=True)
+        self.stack, self.kw, self.result = stack, kw, None
+
+    def run(self):
+        self.result = self.stack.poll(**self.kw)
 
 
 class Proc:
@@ -322,19 +366,19 @@ class Stack:
     @staticmethod
     def _metrics(port):
         with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                k, v = line.rsplit(" ", 1)
-                out[k] = float(v)
-        return out
+            return parse_metrics(r.read().decode())
 
     def metrics(self, i):
         return self._metrics(self.worker_metrics[i])
 
     def relay_metrics_get(self, i):
         return self._metrics(self.relay_metrics[i])
+
+    def all_redis_up(self):
+        """Every live worker and relay has both Redis connections ready."""
+        ms = [self.metrics(i) for i, w in enumerate(self.workers) if w.alive()]
+        ms += [self.relay_metrics_get(i) for i, r in enumerate(self.relays) if r.alive()]
+        return all(self.redis_up(m) for m in ms)
 
     def held(self):
         """Long-polls held right now, over every live worker."""

@@ -4,15 +4,10 @@ import json
 import socket
 import subprocess
 import time
-import uuid
 
 import pytest
 
-from stack import Stack, wait_for
-
-
-def unique_channel():
-    return "sse-" + uuid.uuid4().hex[:12]
+from stack import Stack, wait_for, unique_channel
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +88,7 @@ class SseReader:
 
 def test_stream_headers_and_live_events(sse_stack):
     s = sse_stack
-    ch = unique_channel()
+    ch = unique_channel("sse")
     r = SseReader(s, "channel=" + ch)
     head = r.headers()
     assert " 200 " in head.split("\r\n")[0]
@@ -112,7 +107,7 @@ def test_stream_headers_and_live_events(sse_stack):
 
 def test_resume_with_last_event_id_loses_nothing(sse_stack):
     s = sse_stack
-    ch = unique_channel()
+    ch = unique_channel("sse")
     pubs = [s.publish("m%d" % i, channel=ch)[1] for i in range(5)]
     r = SseReader(s, "channel=" + ch, last_event_id="%s:%d" % (pubs[1]["epoch"], pubs[1]["id"]))
     r.headers()
@@ -129,7 +124,7 @@ def test_resume_with_last_event_id_loses_nothing(sse_stack):
 
 def test_reset_event_on_stale_epoch(sse_stack):
     s = sse_stack
-    ch = unique_channel()
+    ch = unique_channel("sse")
     st, p = s.publish("kept", channel=ch)
     r = SseReader(s, "channel=" + ch, last_event_id="0000000000000000:1")
     r.headers()
@@ -142,7 +137,7 @@ def test_reset_event_on_stale_epoch(sse_stack):
 
 def test_heartbeat_comments_keep_the_stream_alive(sse_stack):
     s = sse_stack
-    r = SseReader(s, "channel=" + unique_channel())
+    r = SseReader(s, "channel=" + unique_channel("sse"))
     r.headers()
     deadline = time.monotonic() + 5
     while r.comments < 2 and time.monotonic() < deadline:
@@ -156,7 +151,7 @@ def test_heartbeat_comments_keep_the_stream_alive(sse_stack):
 
 def test_curl_streams_without_buffering(sse_stack):
     s = sse_stack
-    ch = unique_channel()
+    ch = unique_channel("sse")
     p = subprocess.Popen(["curl", "-sN", "-H", "Accept: text/event-stream",
                           s.url("/status?channel=" + ch)], stdout=subprocess.PIPE)
     try:
@@ -184,7 +179,7 @@ def test_message_published_right_after_open_is_delivered(sse_stack):
     a message published the moment it opens is never skipped."""
     s = sse_stack
     for i in range(10):
-        ch = unique_channel()
+        ch = unique_channel("sse")
         s.publish("old", channel=ch)
         r = SseReader(s, "channel=" + ch)
         r.headers()

@@ -4,36 +4,17 @@ import os
 import signal
 import threading
 import time
-import uuid
 
 import pytest
 
 import fcgi
-from stack import wait_for
-
-
-def unique_channel():
-    return "f-" + uuid.uuid4().hex[:12]
-
-
-class Poller(threading.Thread):
-    def __init__(self, stack, **kw):
-        super().__init__(daemon=True)
-        self.stack, self.kw, self.result = stack, kw, None
-
-    def run(self):
-        self.result = self.stack.poll(**self.kw)
-
-
-def redis_up(s):
-    return all(s.metrics(i)['pushwire_redis_up{conn="commands"}'] == 1 and
-               s.metrics(i)['pushwire_redis_up{conn="pubsub"}'] == 1 for i in range(s.nworkers))
+from stack import Poller, unique_channel, wait_for
 
 
 @pytest.mark.stack(worker_args=["--redis-timeout", "500"])
 def test_redis_killed_and_restarted_while_polls_are_held(fresh_stack):
     s = fresh_stack
-    ch = unique_channel()
+    ch = unique_channel("f")
     st, first = s.publish("before", channel=ch)
     pollers = [Poller(s, channel=ch, since=first["id"], epoch=first["epoch"], timeout=60)
                for _ in range(20)]
@@ -48,7 +29,7 @@ def test_redis_killed_and_restarted_while_polls_are_held(fresh_stack):
     assert all(p.result is None for p in pollers), "a held poll was answered during the outage"
     assert s.held() == 20
     s.start_redis()
-    wait_for(lambda: redis_up(s), timeout=15, what="workers to reconnect")
+    wait_for(lambda: s.all_redis_up(), timeout=15, what="workers to reconnect")
     st, pub = s.publish("after restart", channel=ch)
     assert st == 200
     for p in pollers:
@@ -70,7 +51,7 @@ def test_redis_killed_and_restarted_while_polls_are_held(fresh_stack):
 @pytest.mark.stack(worker_args=["--redis-timeout", "500"])
 def test_outage_gives_503_with_retry_after_and_recovers_by_itself(fresh_stack):
     s = fresh_stack
-    ch = unique_channel()
+    ch = unique_channel("f")
     s.redis.stop(signal.SIGKILL)
     st, h, b = s.request("POST", "/chat", b"content=x",
                          {"Content-Type": "application/x-www-form-urlencoded"})
@@ -82,7 +63,7 @@ def test_outage_gives_503_with_retry_after_and_recovers_by_itself(fresh_stack):
     assert st == 503 and json.loads(b)["status"] == "down"
     s.start_redis()
     wait_for(lambda: s.get("/healthz")[0] == 200, timeout=15, what="health to recover")
-    wait_for(lambda: redis_up(s), timeout=15, what="every worker to reconnect")
+    wait_for(lambda: s.all_redis_up(), timeout=15, what="every worker to reconnect")
     st, doc = s.publish("back", channel=ch)
     assert st == 200 and doc["id"] == 1
 
@@ -90,7 +71,7 @@ def test_outage_gives_503_with_retry_after_and_recovers_by_itself(fresh_stack):
 @pytest.mark.stack(worker_args=["--redis-timeout", "500"])
 def test_stalled_redis_is_detected_by_timeout(fresh_stack):
     s = fresh_stack
-    ch = unique_channel()
+    ch = unique_channel("f")
     s.publish("warm", channel=ch)
     s.redis.send(signal.SIGSTOP)
     try:
@@ -102,7 +83,7 @@ def test_stalled_redis_is_detected_by_timeout(fresh_stack):
         assert took < 5, "the stall took %.1f s to detect" % took
     finally:
         s.redis.send(signal.SIGCONT)
-    wait_for(lambda: redis_up(s), timeout=15, what="workers to reconnect")
+    wait_for(lambda: s.all_redis_up(), timeout=15, what="workers to reconnect")
     st, doc = s.publish("resumed", channel=ch)
     assert st == 200
     # The stalled publish may or may not have been stored (503 says so);
@@ -116,7 +97,7 @@ def test_stalled_redis_is_detected_by_timeout(fresh_stack):
 @pytest.mark.stack(redis_args=["--appendonly", "yes", "--appendfsync", "always"])
 def test_restart_with_appendfsync_always_keeps_epoch_and_loses_nothing(fresh_stack):
     s = fresh_stack
-    ch = unique_channel()
+    ch = unique_channel("f")
     seen, stop = [], threading.Event()
     errors = []
 
@@ -147,7 +128,7 @@ def test_restart_with_appendfsync_always_keeps_epoch_and_loses_nothing(fresh_sta
         epochs.add(doc["epoch"])
     s.redis.stop(signal.SIGKILL)
     s.start_redis()
-    wait_for(lambda: redis_up(s), timeout=15)
+    wait_for(lambda: s.all_redis_up(), timeout=15)
     for i in range(20):
         for attempt in range(50):
             st, doc = s.publish("b%d" % i, channel=ch, idem="b%d-%s" % (i, ch))
@@ -166,11 +147,11 @@ def test_restart_with_appendfsync_always_keeps_epoch_and_loses_nothing(fresh_sta
 @pytest.mark.stack(redis_args=["--appendonly", "yes", "--appendfsync", "everysec"])
 def test_restart_with_everysec_starts_a_new_epoch(fresh_stack):
     s = fresh_stack
-    ch = unique_channel()
+    ch = unique_channel("f")
     st, before = s.publish("x", channel=ch)
     s.redis.stop(signal.SIGKILL)
     s.start_redis()
-    wait_for(lambda: redis_up(s), timeout=15)
+    wait_for(lambda: s.all_redis_up(), timeout=15)
     st, after = s.publish("y", channel=ch)
     assert st == 200 and after["epoch"] != before["epoch"]
     # A client holding the old epoch is told to reset and gets the history.
@@ -181,7 +162,7 @@ def test_restart_with_everysec_starts_a_new_epoch(fresh_stack):
 
 def test_sigterm_answers_held_requests_and_removes_the_socket(fresh_stack):
     s = fresh_stack
-    ch = unique_channel()
+    ch = unique_channel("f")
     st, pub = s.publish("newest", channel=ch)
     sock = s.worker_sock(0)
     held = [fcgi.FcgiRequest(sock, "GET", "/status", "channel=" + ch) for _ in range(50)]
@@ -204,7 +185,7 @@ def test_client_leaving_during_publish_loses_nothing(fresh_stack):
     """A publisher that disconnects right after sending gets no answer, but
     the message is stored exactly once."""
     s = fresh_stack
-    ch = unique_channel()
+    ch = unique_channel("f")
     import socket
     body = ("content=abandoned&channel=" + ch).encode()
     c = socket.create_connection(("127.0.0.1", s.port))

@@ -3,32 +3,16 @@ import json
 import socket
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import fcgi
-from stack import wait_for
-
-
-def unique_channel():
-    return "lp-" + uuid.uuid4().hex[:12]
-
-
-class Poller(threading.Thread):
-    """One long-poll in the background."""
-
-    def __init__(self, stack, **kw):
-        super().__init__(daemon=True)
-        self.stack, self.kw, self.result = stack, kw, None
-
-    def run(self):
-        self.result = self.stack.poll(**self.kw)
+from stack import Poller, unique_channel, wait_for
 
 
 def test_poll_is_held_until_a_publish(stack):
-    ch = unique_channel()
+    ch = unique_channel("lp")
     p = Poller(stack, channel=ch)
     p.start()
     wait_for(lambda: stack.held() >= 1, what="poll to be held")
@@ -46,7 +30,7 @@ def test_poll_is_held_until_a_publish(stack):
 
 
 def test_messages_published_while_nobody_polls_arrive_with_since(stack):
-    ch = unique_channel()
+    ch = unique_channel("lp")
     st, first = stack.publish("zero", channel=ch)
     for i in range(3):
         stack.publish("m%d" % i, channel=ch)
@@ -57,7 +41,7 @@ def test_messages_published_while_nobody_polls_arrive_with_since(stack):
 
 
 def test_timeout_answers_newest_with_no_messages(stack):
-    ch = unique_channel()
+    ch = unique_channel("lp")
     st, doc, _ = stack.poll(channel=ch, timeout=1)
     assert st == 200 and doc["messages"] == [] and doc["id"] == 0 and doc["content"] == ""
     stack.publish("latest", channel=ch)
@@ -68,7 +52,7 @@ def test_timeout_answers_newest_with_no_messages(stack):
 
 
 def test_timeout_zero_answers_at_once(stack):
-    ch = unique_channel()
+    ch = unique_channel("lp")
     stack.publish("a", channel=ch)
     t0 = time.monotonic()
     st, doc, _ = stack.poll(channel=ch, timeout=0)
@@ -84,7 +68,7 @@ def test_bad_poll_parameters_are_400(stack, q):
 
 
 def test_channels_are_isolated(stack):
-    a, b = unique_channel(), unique_channel()
+    a, b = unique_channel("lp"), unique_channel("lp")
     p = Poller(stack, channel=a, timeout=2)
     p.start()
     wait_for(lambda: stack.held() >= 1)
@@ -94,7 +78,7 @@ def test_channels_are_isolated(stack):
 
 
 def test_200_concurrent_polls_answered_by_one_publish(stack):
-    ch = unique_channel()
+    ch = unique_channel("lp")
     before = stack.held()
     with ThreadPoolExecutor(200) as ex:
         futs = [ex.submit(stack.poll, channel=ch) for _ in range(200)]
@@ -107,7 +91,7 @@ def test_200_concurrent_polls_answered_by_one_publish(stack):
 
 
 def test_publish_on_worker_a_reaches_poll_held_by_worker_b(stack):
-    ch = unique_channel()
+    ch = unique_channel("lp")
     for holder, publisher in ((1, 0), (0, 1)):
         held = fcgi.FcgiRequest(stack.worker_sock(holder), "GET", "/status", "channel=" + ch)
         wait_for(lambda: stack.metrics(holder)["pushwire_held_longpolls"] >= 1)
@@ -122,7 +106,7 @@ def test_publish_on_worker_a_reaches_poll_held_by_worker_b(stack):
 
 
 def test_poll_with_the_newest_since_waits_for_the_next(stack):
-    ch = unique_channel()
+    ch = unique_channel("lp")
     st, pub = stack.publish("one", channel=ch)
     p = Poller(stack, channel=ch, since=pub["id"], epoch=pub["epoch"])
     p.start()
@@ -136,7 +120,7 @@ def test_poll_with_the_newest_since_waits_for_the_next(stack):
 
 def test_repolling_client_loses_nothing_under_a_stream_of_publishes(stack):
     """A client that re-polls with since after every answer sees every id once."""
-    ch = unique_channel()
+    ch = unique_channel("lp")
     n = 300
     seen = []
     done = threading.Event()
@@ -160,14 +144,14 @@ def test_repolling_client_loses_nothing_under_a_stream_of_publishes(stack):
 
 
 def test_backlog_of_2mib_arrives_in_capped_answers_with_more(stack):
-    ch = unique_channel()
+    ch = unique_channel("lp")
     size = 60000
     count = 40
     contents = [("%03d" % i) + chr(0x41 + i % 26) * (size - 3) for i in range(count)]
     for c in contents:
         st, _ = stack.publish(c, channel=ch, as_json=True)
         assert st == 200
-    got, answers, since, epoch = [], 0, 0, None
+    got, answers, since = [], 0, 0
     while True:
         st, h, b = stack.get("/status?timeout=0&channel=%s&since=%d" % (ch, since))
         assert st == 200
@@ -186,7 +170,7 @@ def test_backlog_of_2mib_arrives_in_capped_answers_with_more(stack):
 
 
 def test_reset_when_epoch_is_not_current(stack):
-    ch = unique_channel()
+    ch = unique_channel("lp")
     st, pub = stack.publish("kept", channel=ch)
     st, doc, _ = stack.poll(channel=ch, since=pub["id"], epoch="0000000000000000")
     assert doc["reset"] is True and doc["epoch"] == pub["epoch"]
@@ -194,7 +178,7 @@ def test_reset_when_epoch_is_not_current(stack):
 
 
 def test_reset_when_since_is_ahead_of_newest(stack):
-    ch = unique_channel()
+    ch = unique_channel("lp")
     st, pub = stack.publish("only", channel=ch)
     st, doc, _ = stack.poll(channel=ch, since=99, epoch=pub["epoch"])
     assert doc["reset"] is True and [m["id"] for m in doc["messages"]] == [1]
@@ -203,7 +187,7 @@ def test_reset_when_since_is_ahead_of_newest(stack):
 @pytest.mark.stack(worker_args=["--history", "5"])
 def test_reset_when_since_is_older_than_history(fresh_stack):
     s = fresh_stack
-    ch = unique_channel()
+    ch = unique_channel("lp")
     epoch = None
     for i in range(1, 11):
         st, pub = s.publish("m%d" % i, channel=ch)
@@ -218,7 +202,7 @@ def test_reset_when_since_is_older_than_history(fresh_stack):
 
 
 def test_held_client_that_leaves_is_released_at_once(stack):
-    ch = unique_channel()
+    ch = unique_channel("lp")
     base = stack.held()
     s = socket.create_connection(("127.0.0.1", stack.port))
     s.sendall(("GET /status?channel=%s HTTP/1.1\r\nHost: x\r\n\r\n" % ch).encode())
@@ -239,10 +223,10 @@ def test_healthz_reports_redis(stack):
 
 def test_lean_parking_memory_per_held_request(stack):
     """2,000 requests held by one worker (the optimised build) cost it under
-    1 KiB each: libfcgi's 17 KB of buffers per request are freed at once."""
-    import os
+    1 KiB each: a held request keeps its socket and its place in a channel
+    list, not its parameters or buffers."""
     from stack import PLAIN_BUILD
-    ch = unique_channel()
+    ch = unique_channel("lp")
     # An extra worker of the plain build, outside nginx's upstreams.
     i = len(stack.workers)
     stack.start_worker(i, build=PLAIN_BUILD)
@@ -271,7 +255,7 @@ def test_lean_parking_memory_per_held_request(stack):
 def test_channel_state_created_by_a_poll_expires_soon(stack):
     """Polling a name nobody publishes to leaves Redis state for minutes,
     not for the history TTL; the first publish keeps the channel a day."""
-    ch = unique_channel()
+    ch = unique_channel("lp")
     st, doc, _ = stack.poll(channel=ch, timeout=0)
     assert st == 200
     ttl = int(stack.redis_cmd("TTL", "pw:ch:" + ch))

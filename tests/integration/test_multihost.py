@@ -33,7 +33,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from netns import Net, remove_stale  # noqa: E402
-from stack import RESULTS, BAD_LOG, BUILD, PLAIN_BUILD, ROOT, Proc, wait_for  # noqa: E402
+from stack import RESULTS, parse_metrics, BAD_LOG, BUILD, PLAIN_BUILD, ROOT, Proc, wait_for  # noqa: E402
 
 HOSTS = (("h1", 11), ("h2", 12))
 WORKERS_PER_HOST = 2
@@ -211,12 +211,7 @@ class Cluster:
                 text = conn.getresponse().read().decode()
             finally:
                 conn.close()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                k, v = line.rsplit(" ", 1)
-                out[k] = float(v)
-        return out
+        return parse_metrics(text)
 
     def redis_up(self, host, port):
         m = self.metrics(host, port)

@@ -5,11 +5,9 @@ import uuid
 
 import pytest
 
+from stack import unique_channel
+
 MAX = 65536
-
-
-def unique_channel():
-    return "t-" + uuid.uuid4().hex[:12]
 
 
 def history(stack, channel):
@@ -19,7 +17,7 @@ def history(stack, channel):
 
 
 def test_form_publish_answers_id_channel_epoch(stack):
-    ch = unique_channel()
+    ch = unique_channel("t")
     st, doc = stack.publish("hello", channel=ch)
     assert st == 200
     assert doc["id"] == 1 and doc["channel"] == ch and isinstance(doc["epoch"], str) and doc["epoch"]
@@ -33,7 +31,7 @@ def test_default_channel_is_default(stack):
 
 
 def test_json_publish_with_charset(stack):
-    ch = unique_channel()
+    ch = unique_channel("t")
     body = json.dumps({"content": "json body", "channel": ch}).encode()
     st, h, b = stack.request("POST", "/chat", body,
                              {"Content-Type": "application/json; charset=utf-8"})
@@ -43,7 +41,7 @@ def test_json_publish_with_charset(stack):
 
 
 def test_channel_in_query_and_body(stack):
-    ch = unique_channel()
+    ch = unique_channel("t")
     st, h, b = stack.request("POST", "/chat?channel=" + ch, b"content=q",
                              {"Content-Type": "application/x-www-form-urlencoded"})
     assert st == 200 and json.loads(b)["channel"] == ch
@@ -82,7 +80,7 @@ ROUND_TRIP = [
 @pytest.mark.parametrize("content", ROUND_TRIP)
 @pytest.mark.parametrize("as_json", [False, True])
 def test_content_round_trips_byte_exact(stack, content, as_json):
-    ch = unique_channel()
+    ch = unique_channel("t")
     st, doc = stack.publish(content, channel=ch, as_json=as_json)
     assert st == 200, doc
     st, h, b = stack.get("/status?since=0&timeout=0&channel=" + ch)
@@ -93,7 +91,7 @@ def test_content_round_trips_byte_exact(stack, content, as_json):
 
 
 def test_maximal_content_round_trips_and_one_more_byte_is_413(stack):
-    ch = unique_channel()
+    ch = unique_channel("t")
     # Multibyte characters so that the encoded form is much larger than MAX.
     content = ("\u00e9" * (MAX // 2))
     assert len(content.encode()) == MAX
@@ -111,7 +109,7 @@ def test_maximal_content_round_trips_and_one_more_byte_is_413(stack):
 
 def test_control_characters_at_maximum_pass_nginx(stack):
     # JSON-escaping control characters makes the body six times the content.
-    ch = unique_channel()
+    ch = unique_channel("t")
     content = "\x01" * MAX
     st, doc = stack.publish(content, channel=ch, as_json=True)
     assert st == 200, doc
@@ -175,7 +173,7 @@ def test_unknown_path_is_json_404(stack):
 
 
 def test_idempotency_key_stores_once(stack):
-    ch = unique_channel()
+    ch = unique_channel("t")
     key = uuid.uuid4().hex
     st1, d1 = stack.publish("once", channel=ch, idem=key)
     st2, d2 = stack.publish("once", channel=ch, idem=key)
@@ -200,7 +198,7 @@ def test_ids_follow_publish_order_across_workers(stack):
     """Concurrent publishes through both workers get consecutive ids, in the
     order history holds them."""
     from concurrent.futures import ThreadPoolExecutor
-    ch = unique_channel()
+    ch = unique_channel("t")
     with ThreadPoolExecutor(16) as ex:
         res = list(ex.map(lambda i: stack.publish("m%d" % i, channel=ch), range(200)))
     ids = sorted(d["id"] for st, d in res)

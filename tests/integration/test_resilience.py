@@ -24,16 +24,14 @@ import json
 import os
 import random
 import signal
-import socket
 import time
-import uuid
 
 import pytest
 
 import clients as C
 import fcgi
 import wsraw
-from stack import RESULTS, PLAIN_BUILD, Proc, Stack, wait_for
+from stack import RESULTS, unique_channel, PLAIN_BUILD, Proc, Stack, wait_for
 
 HOST = "127.0.0.1"
 
@@ -42,10 +40,6 @@ HOST = "127.0.0.1"
 def _nofile():
     # Each WebSocket or keep-alive client is one fd here (and two in nginx).
     C.raise_nofile()
-
-
-def unique_channel(tag):
-    return "%s-%s" % (tag, uuid.uuid4().hex[:10])
 
 
 LAG = {}
@@ -117,18 +111,6 @@ def all_alive(s):
     procs.update({"relay-%d" % i: r for i, r in enumerate(s.relays)})
     dead = {k: p.p.returncode for k, p in procs.items() if not p.alive()}
     assert not dead, "processes died: %r (logs in %s)" % (dead, s.dir)
-
-
-def redis_up_everywhere(s):
-    for i in range(len(s.workers)):
-        m = s.metrics(i)
-        if m['pushwire_redis_up{conn="commands"}'] != 1 or m['pushwire_redis_up{conn="pubsub"}'] != 1:
-            return False
-    for i in range(len(s.relays)):
-        m = s.relay_metrics_get(i)
-        if m['pushwire_redis_up{conn="commands"}'] != 1 or m['pushwire_redis_up{conn="pubsub"}'] != 1:
-            return False
-    return True
 
 
 def ws_clients(s):
@@ -266,7 +248,7 @@ def test_redis_outages_with_1000_clients(fresh_stack):
         await asyncio.sleep(OUTAGE)
         during = pub.statuses[503] - before
         await asyncio.to_thread(up)
-        recovered = await C.wait_until(lambda: redis_up_everywhere(s), 30, 0.25)
+        recovered = await C.wait_until(lambda: s.all_redis_up(), 30, 0.25)
         facts[name] = {"503s": during, "recovered_after_s": round(time.monotonic() - t0 - OUTAGE, 1),
                        "held_after": s.held(), "ws_after": ws_clients(s)}
         assert recovered, "%s: processes did not reconnect to Redis by themselves" % name
@@ -576,7 +558,7 @@ def test_redis_auth_through_redis_url():
         out = subprocess.run(["redis-cli", "-p", str(s.redis_port), "GET", "x"],
                              capture_output=True, timeout=10).stdout.decode()
         assert "NOAUTH" in out, out
-        assert redis_up_everywhere(s)
+        assert s.all_redis_up()
 
         async def scenario():
             cl = [C.LongPollClient(HOST, s.port, ch, since=0, poll_timeout=10, name="lp"),

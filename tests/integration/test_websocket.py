@@ -14,21 +14,16 @@ import socket
 import struct
 import threading
 import time
-import uuid
 
 import pytest
 import websockets
 
 import wsraw
-from stack import Stack, wait_for
+from stack import Stack, wait_for, async_wait_for, unique_channel
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, encode_frame
 
 MAX_MESSAGE = 4096        # the shared stack's --max-message
 HANDSHAKE_TIMEOUT = 2     # the shared stack's --handshake-timeout
-
-
-def unique_channel(prefix="ws"):
-    return "%s-%s" % (prefix, uuid.uuid4().hex[:12])
 
 
 def run(coro, timeout=60):
@@ -61,19 +56,6 @@ async def recv_json(ws, timeout=10):
     m = await asyncio.wait_for(ws.recv(), timeout)
     assert isinstance(m, str), "a binary frame: %r" % m[:100]
     return json.loads(m)
-
-
-async def async_wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            v = pred()
-            if v:
-                return v
-        except Exception:
-            pass
-        await asyncio.sleep(interval)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def gauge(s, name, i=0):
@@ -180,7 +162,7 @@ async def until_live(s, ws, channel, after_id):
 def test_messages_arrive_in_order_byte_exact(ws_stack, via):
     s = ws_stack
     port = s.port if via == "nginx" else s.relay_ports[0]
-    ch = unique_channel()
+    ch = unique_channel("ws")
     st, old = s.publish("published before the client came", channel=ch)
     assert st == 200
 
@@ -243,7 +225,7 @@ def test_message_published_right_after_open_is_delivered(ws_stack):
 
 def test_ws_path_alias_and_since_zero_replays_everything(ws_stack):
     s = ws_stack
-    ch = unique_channel()
+    ch = unique_channel("ws")
     for i in range(1, 4):
         s.publish("h%d" % i, channel=ch)
 
@@ -502,7 +484,7 @@ PROTOCOL_ERRORS = [
 def test_protocol_error_is_closed_with_rfc_code(ws_stack, proto_channel, name, data, code):
     s = ws_stack
     base = gauge(s, "pushwire_ws_protocol_errors_total")
-    with RawWS.open(s.relay_ports[0], "/status?channel=" + unique_channel()) as ws:
+    with RawWS.open(s.relay_ports[0], "/status?channel=" + unique_channel("ws")) as ws:
         ws.send_raw(data)
         got, reason, before = ws.read_close(5)
         assert (got, before) == (code, []), (name, got, reason, before)
@@ -514,7 +496,7 @@ def test_protocol_error_is_closed_with_rfc_code(ws_stack, proto_channel, name, d
 
 def test_ping_gets_pong_with_same_payload(ws_stack):
     s = ws_stack
-    with RawWS.open(s.relay_ports[0], "/status?channel=" + unique_channel()) as ws:
+    with RawWS.open(s.relay_ports[0], "/status?channel=" + unique_channel("ws")) as ws:
         for payload in (b"", b"hello", bytes(range(125)), "ünï".encode()):
             ws.send_frame(OP_PING, payload)
             f = ws.recv_frame(5)
@@ -536,7 +518,7 @@ def test_ping_gets_pong_with_same_payload(ws_stack):
 
 def test_ping_inside_fragmented_message(ws_stack):
     s = ws_stack
-    with RawWS.open(s.relay_ports[0], "/status?channel=" + unique_channel()) as ws:
+    with RawWS.open(s.relay_ports[0], "/status?channel=" + unique_channel("ws")) as ws:
         ws.send_frame(OP_TEXT, b"hel\xe2\x82", fin=False)  # a character split over fragments
         ws.send_frame(OP_PING, b"mid-1")
         f = ws.recv_frame(5)
@@ -560,7 +542,7 @@ def test_ping_inside_fragmented_message(ws_stack):
 def test_close_is_echoed_then_connection_closed(ws_stack, proto_channel, sent, echo):
     s = ws_stack
     base = gauge(s, "pushwire_ws_protocol_errors_total")
-    with RawWS.open(s.relay_ports[0], "/status?channel=" + unique_channel()) as ws:
+    with RawWS.open(s.relay_ports[0], "/status?channel=" + unique_channel("ws")) as ws:
         ws.send_close(sent, "bye" if sent else b"")
         code, reason, before = ws.read_close(5)
         assert (code, before) == (echo, [])
@@ -574,7 +556,7 @@ def test_frames_pipelined_behind_the_handshake(ws_stack):
     ws = RawWS(s.relay_ports[0])
     with ws:
         key = wsraw.new_key()
-        ws.send_raw(wsraw.upgrade_request("/status?channel=" + unique_channel(),
+        ws.send_raw(wsraw.upgrade_request("/status?channel=" + unique_channel("ws"),
                                           host="127.0.0.1:%d" % s.relay_ports[0], key=key) +
                     encode_frame(OP_PING, b"early") + encode_frame(OP_CLOSE, b"\x03\xe8"))
         status, headers, body = ws.read_response()
@@ -656,7 +638,7 @@ def test_handshake_refusals(ws_stack, proto_channel, name, kw, status):
 
 def test_handshake_trickled_one_byte_at_a_time(ws_stack):
     s = ws_stack
-    ch = unique_channel()
+    ch = unique_channel("ws")
     st, pub = s.publish("trickled", channel=ch)
     key = wsraw.new_key()
     req = wsraw.upgrade_request("/status?" + query(ch, since=0),
@@ -709,7 +691,7 @@ async def status_of(port, channel, **kw):
 
 def test_origin_default_rule(ws_stack):
     s = ws_stack
-    ch = unique_channel()
+    ch = unique_channel("ws")
     page = "http://127.0.0.1:%d" % s.port
 
     async def main():
@@ -746,7 +728,7 @@ def test_origin_allow_list(ws_stack):
     i = len(s.relays)
     s.start_relay(i, extra=["--origins", "http://a.example, https://b.example:8443"])
     port = s.relay_ports[i]
-    ch = unique_channel()
+    ch = unique_channel("ws")
     try:
         async def main():
             return {o: await status_of(port, ch, origin=o) for o in (
@@ -1124,7 +1106,7 @@ def test_ws_clients_gauge_follows_open_clients(ws_stack):
     wait_for(lambda: gauge(s, "pushwire_ws_clients") == 0 and
              gauge(s, "pushwire_connections") == 0, timeout=10,
              what="earlier clients to be gone")
-    ch = unique_channel()
+    ch = unique_channel("ws")
 
     async def main():
         clients = [await connect(s.relay_ports[0] if i % 2 else s.port, ch) for i in range(10)]
