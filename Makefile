@@ -76,9 +76,11 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libpw.a
 deps:
 	@scripts/install-deps
 
-# make run: the whole stack in the foreground; Ctrl-C stops it.
+# make run: the whole stack in the foreground; Ctrl-C or SIGTERM stops it.
+# exec: make passes SIGTERM to its recipe's shell, which would not pass it
+# on to a child; exec'd, the supervisor is that process and gets it.
 run: deps all
-	@BUILD_DIR=$(BUILD) scripts/run-stack
+	@BUILD_DIR=$(BUILD) exec scripts/run-stack
 
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done

@@ -33,6 +33,7 @@ struct metrics_srv {
     metrics_render *render;
     void *ctx;
     mconn *conns;
+    char unix_path[108]; /* removed at stop; "" for TCP */
 };
 
 static void conn_reap(reap_node *n)
@@ -154,6 +155,7 @@ metrics_srv *metrics_start(loop *l, const char *addr, metrics_render *render, vo
     if (fd < 0)
         return NULL;
     metrics_srv *m = xcalloc(1, sizeof *m);
+    memcpy(m->unix_path, path, sizeof path);
     m->l = l;
     m->render = render;
     m->ctx = ctx;
@@ -172,5 +174,7 @@ void metrics_stop(metrics_srv *m)
     loop_del(m->l, &m->lw);
     close(m->lw.fd);
     m->lw.fd = -1;
+    if (m->unix_path[0])
+        unlink(m->unix_path);
     free(m);
 }
