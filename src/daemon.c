@@ -14,7 +14,7 @@
 void daemon_options(opt_def *out, daemon_common *c)
 {
     const opt_def defs[DAEMON_COMMON_OPTIONS] = {
-        {"redis", "REDIS_URL", OPT_STR, &c->redis, 0, 0, "URL",
+        {"redis", "REDIS_URL", OPT_URL, &c->redis, 0, 0, "URL",
          "Redis: redis://[[user]:pass@]host[:port][/db] or unix:///path[?db=N]"},
         {"prefix", "PW_PREFIX", OPT_STR, &c->prefix, 0, 0, "STR",
          "prefix of every Redis key and pub/sub channel (the same in every process)"},
@@ -254,7 +254,9 @@ int daemon_start(daemon_rt *d, daemon_common *c, const redis_url *url, int sigfd
         }
     }
     daemon_accept_resume(d);
-    log_info("listening on %s (redis %s, id %s%s%s)", listen_spec, c->redis, c->id,
+    char shown[512];
+    log_info("listening on %s (redis %s, id %s%s%s)", listen_spec,
+             redis_url_redact(c->redis, shown, sizeof shown), c->id,
              c->metrics[0] ? ", metrics " : "", c->metrics);
     return 0;
 }

@@ -7,11 +7,14 @@
 #include <string.h>
 
 #include "log.h"
+#include "redis_url.h"
 
 static int set_value(const opt_def *d, const char *val, const char *source)
 {
     switch (d->type) {
     case OPT_STR:
+    case OPT_SECRET:
+    case OPT_URL:
         *(const char **)d->dst = val;
         return 0;
     case OPT_UINT: {
@@ -52,9 +55,18 @@ static int set_value(const opt_def *d, const char *val, const char *source)
 static void print_default(const opt_def *d)
 {
     switch (d->type) {
-    case OPT_STR: {
+    case OPT_STR:
+    case OPT_SECRET:
+    case OPT_URL: {
         const char *v = *(const char **)d->dst;
-        printf("%s", v && *v ? v : "(none)");
+        char shown[512];
+        if (!v || !*v)
+            v = "(none)";
+        else if (d->type == OPT_SECRET)
+            v = "(set, not shown)";
+        else if (d->type == OPT_URL)
+            v = redis_url_redact(v, shown, sizeof shown);
+        printf("%s", v);
         break;
     }
     case OPT_UINT:

@@ -7,13 +7,15 @@
 
 #include <stdbool.h>
 
-enum opt_type { OPT_STR, OPT_UINT, OPT_LEVEL, OPT_BOOL };
+/* OPT_SECRET and OPT_URL are strings that --help does not show as they are:
+ * a secret as "(set, not shown)", a URL with its password as "***". */
+enum opt_type { OPT_STR, OPT_UINT, OPT_LEVEL, OPT_BOOL, OPT_SECRET, OPT_URL };
 
 typedef struct opt_def {
     const char *name; /* flag without the dashes: --name VALUE or --name=VALUE */
     const char *env;  /* environment variable, or NULL */
     enum opt_type type;
-    void *dst;        /* const char **, unsigned *, enum log_level *, bool * */
+    void *dst;        /* const char ** (STR, SECRET, URL), unsigned *, enum log_level *, bool * */
     unsigned min, max; /* OPT_UINT bounds */
     const char *arg;  /* placeholder in the help, e.g. "ADDR" */
     const char *help;

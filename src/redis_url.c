@@ -1,6 +1,7 @@
 /* redis_url.c - REDIS_URL parsing. No I/O here. */
 #include "redis_url.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -134,4 +135,23 @@ int redis_url_parse(const char *s, redis_url *out, const char **why)
         }
     }
     return 0;
+}
+
+char *redis_url_redact(const char *s, char *out, size_t cap)
+{
+    if (!cap)
+        return out;
+    if (!s)
+        s = "";
+    const char *p = strncmp(s, "redis://", 8) == 0 ? s + 8 : s;
+    /* The same user-info as redis_url_parse: up to the last '@'. */
+    const char *at = strncmp(s, "unix://", 7) == 0 ? NULL : strrchr(p, '@');
+    if (!at) {
+        snprintf(out, cap, "%s", s);
+        return out;
+    }
+    const char *colon = memchr(p, ':', (size_t)(at - p));
+    const char *keep_end = colon ? colon + 1 : p; /* scheme and user stay */
+    snprintf(out, cap, "%.*s***%s", (int)(keep_end - s), s, at);
+    return out;
 }

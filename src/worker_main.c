@@ -882,7 +882,7 @@ static const opt_def worker_options[] = {
      "SECONDS", "cap of the timeout parameter (keep below nginx fastcgi_read_timeout)"},
     {"sse-heartbeat", "PW_SSE_HEARTBEAT", OPT_UINT, &cfg.sse_heartbeat, 1, 3600, "SECONDS",
      "EventSource comment heartbeat interval"},
-    {"publish-token", "PW_PUBLISH_TOKEN", OPT_STR, &cfg.publish_token, 0, 0, "TOKEN",
+    {"publish-token", "PW_PUBLISH_TOKEN", OPT_SECRET, &cfg.publish_token, 0, 0, "TOKEN",
      "require Authorization: Bearer TOKEN on POST /chat (401/403)"},
     {"max-requests", "PW_MAX_REQUESTS", OPT_UINT, &cfg.max_requests, 1, 1000000, "N",
      "connections from nginx before accepts pause (mind the open-file limit)"},

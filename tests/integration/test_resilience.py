@@ -24,6 +24,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import time
 
 import pytest
@@ -681,6 +682,21 @@ def test_redis_auth_through_redis_url():
         # The right password still works after all that.
         st, doc = s.publish("still fine", channel=ch)
         assert st == 200 and doc["id"] == 11
+        # No password in any log, nor in --help when it comes from the
+        # environment (as in compose); the host stays visible.
+        for name in sorted(os.listdir(s.dir)):
+            if name.endswith(".log"):
+                text = s.log_text(name)
+                assert "s3cret" not in text and "wrong@" not in text, name
+        assert "redis://:***@127.0.0.1:%d" % s.redis_port in s.log_text("worker-0.log")
+        for binary in ("pushwire-worker", "pushwire-relay"):
+            out = subprocess.run([os.path.join(os.path.dirname(s.workers[0].argv[0]), binary),
+                                  "--help"], capture_output=True, text=True, timeout=10,
+                                 env=dict(s.env(), PW_PUBLISH_TOKEN="t0ken-value")).stdout
+            assert "redis://:***@127.0.0.1" in out and "s3cret" not in out, out
+            assert "t0ken-value" not in out
+            if binary == "pushwire-worker":
+                assert "env PW_PUBLISH_TOKEN, default (set, not shown)" in out, out
 
 
 # ---- 7. every worker and relay down at once, then back ----------------------------------

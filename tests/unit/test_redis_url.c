@@ -176,6 +176,35 @@ static void test_percent_decoding(void **state)
     expect_url("redis://%75ser:%70w@h", &(want){"h", 6379, "", "user", "pw", 0});
 }
 
+static void expect_redacted(const char *s, const char *shown)
+{
+    char out[512];
+    memset(out, 'X', sizeof out);
+    assert_string_equal(redis_url_redact(s, out, sizeof out), shown);
+}
+
+/* Every form keeps host, port and database and hides the password only. */
+static void test_redaction(void **state)
+{
+    (void)state;
+    expect_redacted("redis://127.0.0.1:6379", "redis://127.0.0.1:6379");
+    expect_redacted("redis://:s3cret@redis:6379/2", "redis://:***@redis:6379/2");
+    expect_redacted("redis://user:s3cret@redis", "redis://user:***@redis");
+    expect_redacted("redis://s3cret@redis", "redis://***@redis");
+    expect_redacted(":s3cret@host:1", ":***@host:1");
+    expect_redacted("redis://u:p@ss@h", "redis://u:***@h"); /* the last '@' ends it */
+    expect_redacted("redis://:p%40ss@h", "redis://:***@h");
+    expect_redacted("unix:///run/redis.sock?db=3", "unix:///run/redis.sock?db=3");
+    expect_redacted("", "");
+    expect_redacted(NULL, "");
+    /* Truncated to the buffer, always terminated, never the password. */
+    char small[12];
+    assert_string_equal(redis_url_redact("redis://:s3cret@redis:6379", small, sizeof small),
+                        "redis://:**");
+    char one[1];
+    assert_string_equal(redis_url_redact("redis://x", one, 1), "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -183,6 +212,7 @@ int main(void)
         cmocka_unit_test(test_unix_forms),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_percent_decoding),
+        cmocka_unit_test(test_redaction),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
