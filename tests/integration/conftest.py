@@ -26,6 +26,15 @@ def fresh_stack(request):
     s.stop()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """item.rep_setup / rep_call / rep_teardown: fixtures can tell whether
+    the test passed (and keep what a failure needs for its diagnosis)."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "stack(**kwargs): options of the fresh_stack fixture")
 
