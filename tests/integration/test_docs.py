@@ -120,3 +120,33 @@ def test_readme_websocket_and_eventsource_one_liners(fresh_stack):
         sse.kill()
         ws.wait()
         sse.wait()
+
+
+def header_variables(path, start):
+    """Names in the "#   NAME   meaning" lines of a script's header comment,
+    after the line that contains start."""
+    names, on = [], False
+    with open(os.path.join(ROOT, path)) as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            if start in line:
+                on = True
+                continue
+            m = re.match(r"#   ([A-Z][A-Z_]+)\s", line)
+            if on and m:
+                names.append(m.group(1))
+    return names
+
+
+@pytest.mark.parametrize("script,start", [("nginx/render", "Settings come from the environment"),
+                                          ("scripts/run-stack", "Settings (environment)")])
+def test_every_setting_of_make_run_is_in_the_readme(script, start):
+    names = header_variables(script, start)
+    assert len(names) >= 6, names
+    text = readme()
+    # Set by make run itself (not by users): the addresses it renders.
+    internal = {"LISTEN", "WORKER_ADDRS", "RELAY_ADDRS", "METRICS_ADDRS", "HTML_DIR",
+                "ERROR_LOG", "NGINX_USER", "BUILD_DIR"}
+    missing = [n for n in names if "`%s`" % n not in text and n not in internal]
+    assert not missing, "%s reads %s, which the README does not mention" % (script, missing)
