@@ -78,7 +78,8 @@ def minbase_tarball(log=print):
             with open(policy, "w") as f:
                 f.write(POLICY_RC_D)
             os.chmod(policy, 0o755)
-            # No package lists and no downloaded packages: like an image.
+            # No downloaded packages: like an image. (The package lists
+            # debootstrap fetched stay in the tarball; fresh_root drops them.)
             shutil.rmtree(os.path.join(root, "var/cache/apt/archives"), ignore_errors=True)
             os.makedirs(os.path.join(root, "var/cache/apt/archives/partial"), exist_ok=True)
             part = tarball + ".part"
@@ -90,10 +91,16 @@ def minbase_tarball(log=print):
 
 
 def fresh_root(dest, log=print):
-    """Unpack a pristine root into the empty directory dest."""
+    """Unpack a pristine root into the empty directory dest. Like a Debian
+    container image it has no package lists: apt-get update comes first."""
     os.makedirs(dest, exist_ok=True)
     subprocess.run(["tar", "-C", dest, "--numeric-owner", "-xpf", minbase_tarball(log)],
                    check=True)
+    lists = os.path.join(dest, "var/lib/apt/lists")
+    for name in os.listdir(lists):
+        path = os.path.join(lists, name)
+        if os.path.isfile(path) and name != "lock":
+            os.unlink(path)
     return dest
 
 
@@ -122,9 +129,19 @@ def mounted(root):
             subprocess.run(["umount", "-R", "-l", target], check=False)
 
 
+def mounts_under(root):
+    """Mount points at or below root (what deleting it would go through)."""
+    root = os.path.realpath(root)
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1].replace("\\040", " ") for line in f]
+    return [p for p in points if p == root or p.startswith(root + "/")]
+
+
 def remove_root(root):
-    """Delete a root made by fresh_root (after mounted() has left it)."""
-    for sub in ("dev", "sys", "proc"):
-        if os.path.ismount(os.path.join(root, sub)):
-            raise RuntimeError("%s is still mounted; not deleting %s" % (sub, root))
+    """Delete a root made by fresh_root (after mounted() and any mount of
+    the caller's have left it): never through a mount, such as the host's
+    /dev or a bound cache."""
+    still = mounts_under(root)
+    if still:
+        raise RuntimeError("still mounted, not deleting %s: %r" % (root, still))
     shutil.rmtree(root, ignore_errors=True)
