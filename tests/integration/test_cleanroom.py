@@ -8,10 +8,13 @@ that Debian images ship).
 * `make run` (after the one step the README's Quick start asks for first:
   getting make itself) prints its URL on its first attempt, serves a
   publish, a poll and a WebSocket, and SIGTERM to the make process stops
-  everything: no process left in the root, no socket file left.
+  everything: no process left in the root, no socket file left. As root,
+  and as a user with sudo (the README's "root or sudo").
 * In a second pristine root, the first step of `make test`,
   `scripts/install-deps --test`, succeeds the first time (a user may well
-  run `make test` first), and `make SAN=1 unit` passes there.
+  run `make test` first), and `make SAN=1 unit` and the fuzz targets
+  (`scripts/run-fuzz 1`) build and pass there. (Not the integration tests:
+  they include this one.)
 
 Repeated runs are fast: the debootstrap tarball is cached (debroot) and so
 are the downloaded .deb files (PW_ROOT_CACHE/apt-archives, bind-mounted
@@ -39,6 +42,7 @@ import pytest
 import debroot
 from stack import BAD_LOG, ROOT as REPO, free_port
 
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 APT_CACHE = os.path.join(debroot.CACHE, "apt-archives")
 TMP = os.environ.get("PW_CLEANROOM_TMP", "/var/tmp")
 LOGS = os.path.join(tempfile.gettempdir(), "pw-cleanroom-logs")
@@ -49,6 +53,15 @@ ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
     "LANG": "C.UTF-8",
+}
+# A user's login on Debian: /etc/profile's PATH for users has no sbin.
+USER, UID = "dev", 4242
+USER_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games",
+    "HOME": "/home/" + USER,
+    "LANG": "C.UTF-8",
+    "USER": USER,
+    "LOGNAME": USER,
 }
 # What the README's Quick start tells a user to run before `make run` on a
 # minimal system or container, where make itself is missing (as root;
@@ -207,14 +220,20 @@ def pristine_root(capsys, name):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def in_root(root, script, log, timeout, extra_env=None):
-    """Run script with sh in the root, in PROJECT, as root, no stdin, a
-    minimal environment; output appended to log. Returns the exit status."""
-    env = dict(ENV, **(extra_env or {}))
+def chroot_argv(root, script, cwd=PROJECT, user=None):
+    """sh -c script in cwd in the root, as root or as the uid user (with
+    its own group; numeric: a name could resolve on the host)."""
+    who = ["--userspec=%d:%d" % (user, user), "--groups=%d" % user] if user else []
+    return [CHROOT] + who + [root, "/bin/sh", "-c", "cd %s && %s" % (cwd, script)]
+
+
+def in_root(root, script, log, timeout, env=ENV, cwd=PROJECT, user=None):
+    """Run script in the root with no stdin and env (a minimal one), output
+    appended to log. Returns the exit status."""
     with open(log, "ab") as out:
-        p = subprocess.Popen(["chroot", root, "/bin/sh", "-c", "cd %s && %s" % (PROJECT, script)],
-                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                             env=env, start_new_session=True)
+        p = subprocess.Popen(chroot_argv(root, script, cwd, user), stdin=subprocess.DEVNULL,
+                             stdout=out, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True)
         try:
             return p.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -238,21 +257,23 @@ def save_logs(root, name):
     dest = logs_of(name)
     shutil.rmtree(dest, ignore_errors=True)
     os.makedirs(dest)
-    for d, _, names in os.walk(root + "/root"):
+    for d, _, names in list(os.walk(root + "/root")) + list(os.walk(root + "/home")):
         if "/node_modules" in d:
             continue
         for n in names:
             if n.endswith((".log", ".log.2")):
                 src = os.path.join(d, n)
-                flat = os.path.relpath(src, root + "/root").replace("/", "_")
+                flat = os.path.relpath(src, root).replace("/", "_")
                 with contextlib.suppress(OSError):
                     shutil.copyfile(src, os.path.join(dest, flat))
 
 
-def get_make(capsys, root, name):
+def get_make(capsys, root, name, sudo=False, **kw):
+    """The Quick start's first step (as root, or with sudo)."""
+    cmd = GET_MAKE.replace("apt-get", "sudo apt-get") if sudo else GET_MAKE
     log = root + "/root/get-make.log"
-    rc = timed(capsys, "%s: %s" % (name, GET_MAKE), in_root, root, GET_MAKE, log, 600)
-    assert rc == 0, "%s failed (%d):\n%s" % (GET_MAKE, rc, tail(log))
+    rc = timed(capsys, "%s: %s" % (name, cmd), in_root, root, cmd, log, 600, **kw)
+    assert rc == 0, "%s failed (%d):\n%s" % (cmd, rc, tail(log))
 
 
 # ---- make run -----------------------------------------------------------------------
@@ -281,70 +302,93 @@ def socket_files(path):
     return found
 
 
+def make_run_first_time(capsys, root, name, env=ENV, cwd=PROJECT, user=None):
+    """`make run` in cwd: its URL on the first attempt, a publish, a poll and
+    a WebSocket through it; SIGTERM to make stops it all."""
+    port = free_port()
+    log = root + "/root/make-run.log"
+    out = open(log, "ab")
+    t0 = time.monotonic()
+    make = subprocess.Popen(chroot_argv(root, "exec make run", cwd, user),
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                            env=dict(env, PORT=str(port)), start_new_session=True)
+    out.close()
+    try:
+        url = None
+        deadline = t0 + 900
+        while url is None:
+            with open(log, errors="replace") as f:
+                m = URL_LINE.search(f.read())
+            if m:
+                url = m.group(1)
+            elif make.poll() is not None:
+                pytest.fail("make run exited (%s) before printing its URL (logs: %s):\n%s"
+                            % (make.returncode, logs_of(name), tail(log)))
+            elif time.monotonic() > deadline:
+                pytest.fail("make run printed no URL within 900 s:\n" + tail(log))
+            else:
+                time.sleep(0.2)
+        note(capsys, "%s: first make run until its URL (installs, builds, starts): %.1f s"
+             % (name, time.monotonic() - t0))
+        assert url == "http://127.0.0.1:%d/" % port, url
+        with open(log, errors="replace") as f:
+            assert "install-deps: installing:" in f.read(), "make run installed nothing?"
+
+        status, body = http("POST", url + "chat", b"content=hi")
+        assert status == 200 and isinstance(body.get("id"), int), body
+        status, polled = http("GET", url + "status?since=0&timeout=0")
+        assert status == 200, polled
+        assert [(m["id"], m["content"]) for m in polled["messages"]] == [(body["id"], "hi")], polled
+        frame = asyncio.run(ws_first_message("ws://%sstatus?since=0" % url[len("http://"):]))
+        assert frame.get("id") == body["id"] and frame.get("content") == "hi", frame
+
+        t1 = time.monotonic()
+        os.kill(make.pid, signal.SIGTERM)
+        try:
+            make.wait(20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("make run did not exit within 20 s of SIGTERM:\n" + tail(log))
+        note(capsys, "%s: SIGTERM to make until it exited: %.1f s (status %s)"
+             % (name, time.monotonic() - t1, make.returncode))
+        left = procs_in(root)
+        assert not left, "left running in the root after SIGTERM to make: %r" % left
+        run_dir = root + cwd + "/run/%d" % port
+        assert os.path.isdir(run_dir), os.listdir(root + cwd)
+        assert not socket_files(run_dir), socket_files(run_dir)
+        bad = []
+        for n in sorted(os.listdir(run_dir)):
+            if n.endswith(".log"):
+                with open(os.path.join(run_dir, n), errors="replace") as f:
+                    bad += ["%s: %s" % (n, line.strip()) for line in f if BAD_LOG.search(line)]
+        assert not bad, bad
+    finally:
+        if make.poll() is None:
+            os.kill(make.pid, signal.SIGKILL)
+            make.wait()
+
+
 @needs_root
 def test_make_run_works_the_first_time(capsys):
     with pristine_root(capsys, "run") as root:
         get_make(capsys, root, "run")
-        port = free_port()
-        log = root + "/root/make-run.log"
-        out = open(log, "ab")
-        t0 = time.monotonic()
-        make = subprocess.Popen(["chroot", root, "/bin/sh", "-c", "cd %s && exec make run" % PROJECT],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=dict(ENV, PORT=str(port)), start_new_session=True)
-        out.close()
-        try:
-            url = None
-            deadline = t0 + 900
-            while url is None:
-                with open(log, errors="replace") as f:
-                    m = URL_LINE.search(f.read())
-                if m:
-                    url = m.group(1)
-                elif make.poll() is not None:
-                    pytest.fail("make run exited (%s) before printing its URL (logs: %s):\n%s"
-                                % (make.returncode, logs_of("run"), tail(log)))
-                elif time.monotonic() > deadline:
-                    pytest.fail("make run printed no URL within 900 s:\n" + tail(log))
-                else:
-                    time.sleep(0.2)
-            note(capsys, "run: first make run until its URL (installs, builds, starts): %.1f s"
-                 % (time.monotonic() - t0))
-            assert url == "http://127.0.0.1:%d/" % port, url
-            with open(log, errors="replace") as f:
-                assert "install-deps: installing:" in f.read(), "make run installed nothing?"
+        make_run_first_time(capsys, root, "run")
 
-            status, body = http("POST", url + "chat", b"content=hi")
-            assert status == 200 and isinstance(body.get("id"), int), body
-            status, polled = http("GET", url + "status?since=0&timeout=0")
-            assert status == 200, polled
-            assert [(m["id"], m["content"]) for m in polled["messages"]] == [(body["id"], "hi")], polled
-            frame = asyncio.run(ws_first_message("ws://%sstatus?since=0" % url[len("http://"):]))
-            assert frame.get("id") == body["id"] and frame.get("content") == "hi", frame
 
-            t1 = time.monotonic()
-            os.kill(make.pid, signal.SIGTERM)
-            try:
-                make.wait(20)
-            except subprocess.TimeoutExpired:
-                pytest.fail("make run did not exit within 20 s of SIGTERM:\n" + tail(log))
-            note(capsys, "run: SIGTERM to make until it exited: %.1f s (status %s)"
-                 % (time.monotonic() - t1, make.returncode))
-            left = procs_in(root)
-            assert not left, "left running in the root after SIGTERM to make: %r" % left
-            run_dir = root + PROJECT + "/run/%d" % port
-            assert os.path.isdir(run_dir), os.listdir(root + PROJECT)
-            assert not socket_files(run_dir), socket_files(run_dir)
-            bad = []
-            for n in sorted(os.listdir(run_dir)):
-                if n.endswith(".log"):
-                    with open(os.path.join(run_dir, n), errors="replace") as f:
-                        bad += ["%s: %s" % (n, l.strip()) for l in f if BAD_LOG.search(l)]
-            assert not bad, bad
-        finally:
-            if make.poll() is None:
-                os.kill(make.pid, signal.SIGKILL)
-                make.wait()
+@needs_root
+def test_make_run_works_the_first_time_for_a_sudo_user(capsys):
+    """The README's "root or sudo": a user whose PATH is Debian's default
+    for users (no /usr/sbin), with sudo rights, in a clone of their own."""
+    with pristine_root(capsys, "sudo") as root:
+        setup = ("apt-get update -q && apt-get install -y -q sudo"
+                 " && useradd -m -s /bin/bash -u {uid} -U {u}"
+                 " && echo '{u} ALL=(ALL) NOPASSWD: ALL' >/etc/sudoers.d/{u}"
+                 " && mv {p} /home/{u}/ && chown -R {u}:{u} /home/{u}/pushwire"
+                 ).format(u=USER, uid=UID, p=PROJECT)
+        log = root + "/root/machine-setup.log"
+        assert in_root(root, setup, log, 600, cwd="/") == 0, tail(log)
+        home = "/home/%s/pushwire" % USER
+        get_make(capsys, root, "sudo", sudo=True, env=USER_ENV, cwd=home, user=UID)
+        make_run_first_time(capsys, root, "sudo", env=USER_ENV, cwd=home, user=UID)
 
 
 # ---- make test's install step and the unit tests -------------------------------------
@@ -376,3 +420,11 @@ def test_install_deps_for_tests_works_the_first_time(capsys):
         assert rc == 0, "make SAN=1 unit failed (%d; logs: %s):\n%s" % (
             rc, logs_of("test"), tail(log))
         assert "== build/asan/tests/" in tail(log, 10000)
+
+        # The last step of make test: clang's libFuzzer and sanitizer
+        # runtimes are there (one second per target is enough for that).
+        log = root + "/root/fuzz.log"
+        rc = timed(capsys, "test: scripts/run-fuzz 1 (build and run)", in_root, root,
+                   "scripts/run-fuzz 1", log, 600)
+        assert rc == 0, "scripts/run-fuzz 1 failed (%d; logs: %s):\n%s" % (
+            rc, logs_of("test"), tail(log))
