@@ -302,37 +302,88 @@ def socket_files(path):
     return found
 
 
-def make_run_first_time(capsys, root, name, env=ENV, cwd=PROJECT, user=None):
-    """`make run` in cwd: its URL on the first attempt, a publish, a poll and
-    a WebSocket through it; SIGTERM to make stops it all."""
-    port = free_port()
-    log = root + "/root/make-run.log"
-    out = open(log, "ab")
-    t0 = time.monotonic()
-    make = subprocess.Popen(chroot_argv(root, "exec make run", cwd, user),
-                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                            env=dict(env, PORT=str(port)), start_new_session=True)
-    out.close()
-    try:
-        url = None
-        deadline = t0 + 900
-        while url is None:
-            with open(log, errors="replace") as f:
-                m = URL_LINE.search(f.read())
+class MakeRun:
+    """`make run` in cwd in the root, as a process of its own (its own
+    process group, as a shell job), output in log."""
+
+    def __init__(self, root, name, port, log, env=ENV, cwd=PROJECT, user=None):
+        self.root, self.name, self.port, self.log, self.cwd = root, name, port, log, cwd
+        self.t0 = time.monotonic()
+        with open(log, "ab") as out:
+            self.p = subprocess.Popen(chroot_argv(root, "exec make run", cwd, user),
+                                      stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT, env=dict(env, PORT=str(port)),
+                                      start_new_session=True)
+
+    def output(self):
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+    def wait_url(self, timeout):
+        """The URL it prints; fails if it exits or takes longer first."""
+        deadline = self.t0 + timeout
+        while True:
+            m = URL_LINE.search(self.output())
             if m:
                 url = m.group(1)
-            elif make.poll() is not None:
+                assert url == "http://127.0.0.1:%d/" % self.port, url
+                return url, time.monotonic() - self.t0
+            if self.p.poll() is not None:
                 pytest.fail("make run exited (%s) before printing its URL (logs: %s):\n%s"
-                            % (make.returncode, logs_of(name), tail(log)))
-            elif time.monotonic() > deadline:
-                pytest.fail("make run printed no URL within 900 s:\n" + tail(log))
-            else:
-                time.sleep(0.2)
+                            % (self.p.returncode, logs_of(self.name), tail(self.log)))
+            if time.monotonic() > deadline:
+                pytest.fail("make run printed no URL within %d s:\n%s" % (timeout, tail(self.log)))
+            time.sleep(0.2)
+
+    def stop(self, capsys, sig, group):
+        """sig to make (or to its process group: Ctrl-C in a terminal): it
+        exits within 20 s, leaving no process in the root, no socket file
+        and no alert in the logs."""
+        t1 = time.monotonic()
+        if group:
+            os.killpg(self.p.pid, sig)
+        else:
+            os.kill(self.p.pid, sig)
+        try:
+            self.p.wait(20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("make run did not exit within 20 s of %s:\n%s"
+                        % (signal.Signals(sig).name, tail(self.log)))
+        note(capsys, "%s: %s to make%s until it exited: %.1f s (status %s)"
+             % (self.name, signal.Signals(sig).name, "'s process group" if group else "",
+                time.monotonic() - t1, self.p.returncode))
+        left = procs_in(self.root)
+        assert not left, "left running in the root after %s to make: %r" % (
+            signal.Signals(sig).name, left)
+        run_dir = self.root + self.cwd + "/run/%d" % self.port
+        assert os.path.isdir(run_dir), os.listdir(self.root + self.cwd)
+        assert not socket_files(run_dir), socket_files(run_dir)
+        bad = []
+        for n in sorted(os.listdir(run_dir)):
+            if n.endswith(".log"):
+                with open(os.path.join(run_dir, n), errors="replace") as f:
+                    bad += ["%s: %s" % (n, line.strip()) for line in f if BAD_LOG.search(line)]
+        assert not bad, bad
+
+    def kill(self):
+        if self.p.poll() is None:
+            os.kill(self.p.pid, signal.SIGKILL)
+            self.p.wait()
+
+
+def make_run_first_time(capsys, root, name, again=False, **kw):
+    """The first `make run`: its URL on the first attempt (it installs and
+    builds), a publish, a poll and a WebSocket through it; SIGTERM to make
+    stops it all. again: then a second `make run` (nothing to install or
+    build) that still has the message (Redis is append-only) and stops on
+    Ctrl-C (SIGINT to its process group)."""
+    port = free_port()
+    run = MakeRun(root, name, port, root + "/root/make-run.log", **kw)
+    try:
+        url, took = run.wait_url(900)
         note(capsys, "%s: first make run until its URL (installs, builds, starts): %.1f s"
-             % (name, time.monotonic() - t0))
-        assert url == "http://127.0.0.1:%d/" % port, url
-        with open(log, errors="replace") as f:
-            assert "install-deps: installing:" in f.read(), "make run installed nothing?"
+             % (name, took))
+        assert "install-deps: installing:" in run.output(), "make run installed nothing?"
 
         status, body = http("POST", url + "chat", b"content=hi")
         assert status == 200 and isinstance(body.get("id"), int), body
@@ -341,37 +392,28 @@ def make_run_first_time(capsys, root, name, env=ENV, cwd=PROJECT, user=None):
         assert [(m["id"], m["content"]) for m in polled["messages"]] == [(body["id"], "hi")], polled
         frame = asyncio.run(ws_first_message("ws://%sstatus?since=0" % url[len("http://"):]))
         assert frame.get("id") == body["id"] and frame.get("content") == "hi", frame
-
-        t1 = time.monotonic()
-        os.kill(make.pid, signal.SIGTERM)
-        try:
-            make.wait(20)
-        except subprocess.TimeoutExpired:
-            pytest.fail("make run did not exit within 20 s of SIGTERM:\n" + tail(log))
-        note(capsys, "%s: SIGTERM to make until it exited: %.1f s (status %s)"
-             % (name, time.monotonic() - t1, make.returncode))
-        left = procs_in(root)
-        assert not left, "left running in the root after SIGTERM to make: %r" % left
-        run_dir = root + cwd + "/run/%d" % port
-        assert os.path.isdir(run_dir), os.listdir(root + cwd)
-        assert not socket_files(run_dir), socket_files(run_dir)
-        bad = []
-        for n in sorted(os.listdir(run_dir)):
-            if n.endswith(".log"):
-                with open(os.path.join(run_dir, n), errors="replace") as f:
-                    bad += ["%s: %s" % (n, line.strip()) for line in f if BAD_LOG.search(line)]
-        assert not bad, bad
+        run.stop(capsys, signal.SIGTERM, group=False)
     finally:
-        if make.poll() is None:
-            os.kill(make.pid, signal.SIGKILL)
-            make.wait()
+        run.kill()
+    if not again:
+        return
+    run = MakeRun(root, name, port, root + "/root/make-run-2.log", **kw)
+    try:
+        url, took = run.wait_url(120)
+        note(capsys, "%s: second make run until its URL: %.1f s" % (name, took))
+        assert "installing" not in run.output(), tail(run.log)
+        status, polled = http("GET", url + "status?since=0&timeout=0")
+        assert [(m["id"], m["content"]) for m in polled["messages"]] == [(body["id"], "hi")], polled
+        run.stop(capsys, signal.SIGINT, group=True)
+    finally:
+        run.kill()
 
 
 @needs_root
 def test_make_run_works_the_first_time(capsys):
     with pristine_root(capsys, "run") as root:
         get_make(capsys, root, "run")
-        make_run_first_time(capsys, root, "run")
+        make_run_first_time(capsys, root, "run", again=True)
 
 
 @needs_root
