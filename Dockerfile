@@ -7,9 +7,11 @@
 #
 # docker-compose.yml builds all four; docs/DEPLOY.md explains the settings.
 # Binaries are built on debian:bookworm and run on debian:bookworm-slim with
-# only the shared libraries they link (libfcgi, hiredis 0.14, jansson,
-# libcrypto) plus curl for the health checks; every pushwire process runs as
-# the unprivileged user "pushwire" (uid 10001).
+# only the shared libraries they link (hiredis 0.14, jansson, libcrypto) plus
+# curl for the health checks; every pushwire process runs as the unprivileged
+# user "pushwire" (uid 10001). The binaries speak FastCGI themselves
+# (src/fcgi_proto.c): only libfcgi-dev's fastcgi.h (the protocol's
+# constants) is used at build time, and no libfcgi at run time.
 
 # ---- build ----------------------------------------------------------------------
 FROM debian:bookworm AS build
@@ -36,12 +38,14 @@ RUN apt-get update \
 COPY docker/healthcheck /usr/local/bin/pushwire-healthcheck
 
 # Shared libraries of the two binaries (Debian 12 runtime package names):
-# libfcgi.so.0 (libfcgi0ldbl), libhiredis.so.0.14 (libhiredis0.14),
-# libjansson.so.4 (libjansson4), libcrypto.so.3 (libssl3).
+# libhiredis.so.0.14 (libhiredis0.14) and libjansson.so.4 (libjansson4) for
+# both, libcrypto.so.3 (libssl3) for the relay (curl needs it too). The
+# compose test checks with ldd inside the built images that this is exactly
+# what they link.
 FROM base AS runtime
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libfcgi0ldbl libhiredis0.14 libjansson4 libssl3 \
+        libhiredis0.14 libjansson4 libssl3 \
  && rm -rf /var/lib/apt/lists/*
 
 # ---- worker: POST /chat, GET /status (long-poll, EventSource), GET /healthz ------
@@ -100,7 +104,8 @@ ENTRYPOINT ["pushwire-nginx-start"]
 
 # ---- redis: the official image, started by docker/redis-start ---------------------
 # Last, so that the classic builder (which builds every stage before the
-# target) does not pull redis:7 for the other targets.
+# target) does not pull redis:7 for the other targets. (The compose test,
+# which has no registry, builds a stand-in redis:7: tests/docker/redis.)
 FROM redis:7 AS redis
 COPY docker/redis-start /usr/local/bin/pushwire-redis-start
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=5 \

@@ -720,8 +720,10 @@ def test_docker_scripts_and_context():
 
 
 def test_runtime_image_has_the_shared_libraries():
-    """Every shared library the binaries link comes from a package the
-    Dockerfile's runtime stage installs (same Debian release here)."""
+    """The Dockerfile's runtime stage installs exactly the packages of the
+    shared libraries the binaries link (same Debian release here): every one
+    of them, and nothing else (test_compose.py checks the same with ldd
+    inside the built images)."""
     with open(os.path.join(ROOT, "Dockerfile")) as f:
         text = f.read()
     m = re.search(r"FROM \S+ AS runtime\n(.*?)\n\n", text, re.S)
@@ -747,6 +749,7 @@ def test_runtime_image_has_the_shared_libraries():
             assert pkgs, "no package owns " + lib
             needed |= pkgs - {"libc6"}
     assert needed <= runtime_pkgs, "runtime stage lacks %r" % (needed - runtime_pkgs)
+    assert runtime_pkgs <= needed, "runtime stage installs what no binary links: %r" % (runtime_pkgs - needed)
     pkgs = sorted(needed | {"nginx-light", "curl"})
     r = subprocess.run(["apt-cache", "show", "--no-all-versions"] + pkgs, capture_output=True, text=True)
     found = set(re.findall(r"^Package: (\S+)$", r.stdout, re.M))
