@@ -69,7 +69,6 @@ USER_ENV = {
 GET_MAKE = "apt-get update && apt-get install -y make"
 
 URL_LINE = re.compile(r"pushwire is running: (http://\S+)")
-TIMINGS = []
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root: debootstrap, chroot and mounts")
@@ -77,7 +76,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0,
 
 def note(capsys, line):
     """A timing line, shown even without -s (make test runs pytest -q)."""
-    TIMINGS.append(line)
     with capsys.disabled():
         print("\ncleanroom: " + line, flush=True)
 
