@@ -77,7 +77,10 @@ ENTRYPOINT ["pushwire-relay"]
 
 # ---- nginx: the page, and the routes to workers and relays ----------------------
 # The configuration is rendered at container start from the environment by
-# nginx/render, from the same template as `make run` and the tests.
+# nginx/render, from the same template as `make run` and the tests, and
+# rendered again (then nginx reloaded) by docker/nginx-start whenever the
+# addresses behind WORKER_ADDRS/RELAY_ADDRS change: no manual reload after
+# scaling or recreating workers and relays.
 FROM base AS nginx
 # (policy-rc.d: the package must not try to start a system nginx while building)
 RUN printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d \

@@ -34,6 +34,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from netns import Net, remove_stale  # noqa: E402
 from stack import RESULTS, parse_metrics, BAD_LOG, BUILD, PLAIN_BUILD, ROOT, Proc, wait_for  # noqa: E402
+from clients import children  # noqa: E402
 
 HOSTS = (("h1", 11), ("h2", 12))
 WORKERS_PER_HOST = 2
@@ -556,12 +557,40 @@ def test_rolling_restart_and_failover(cluster, capsys):
 
 def test_compose_style_nginx_entrypoint(cluster, capsys):
     """docker/nginx-start as the nginx container runs it, with the compose
-    defaults WORKER_ADDRS=worker:9000 RELAY_ADDRS=relay:9100: the names
+    defaults WORKER_ADDRS=worker:9000 RELAY_ADDRS=relay:9100. The names
     resolve (here through /etc/hosts of its namespace, in compose through
-    Docker's DNS) to every replica, and nginx spreads over all of them."""
+    Docker's DNS) to every replica; the entrypoint renders those addresses,
+    nginx spreads requests over all of them, and when the names' addresses
+    change (a replica gone, recreated elsewhere, none at all) the entrypoint
+    re-renders and reloads nginx by itself, one log line each, with a `down`
+    placeholder for a name without addresses. Old nginx workers holding a
+    WebSocket exit after SHUTDOWN_TIMEOUT; SIGQUIT stops nginx gracefully and
+    the entrypoint exits with its status."""
     net = cluster.net
     h1, h2 = cluster.addr("h1"), cluster.addr("h2")
-    net.set_hosts_file("gw", "127.0.0.1 localhost\n%s worker\n%s worker\n%s relay\n%s relay\n" % (h1, h2, h1, h2))
+
+    def names(workers, relays):
+        net.set_hosts_file("gw", "127.0.0.1 localhost\n" + "".join("%s worker\n" % a for a in workers) +
+                           "".join("%s relay\n" % a for a in relays))
+
+    def conf():
+        with open(cluster.path("gw-nginx", "nginx.conf")) as f:
+            return f.read()
+
+    def upstream(name):
+        block = conf().split("upstream %s {" % name, 1)[1].split("}", 1)[0]
+        return sorted(m.group(1) + (" down" if re.search(r"\bdown\b", m.group(2)) else "")
+                      for m in re.finditer(r"^\s*server (\S+)(.*);$", block, re.M))
+
+    def master():
+        with open(cluster.path("gw-nginx", "nginx.pid")) as f:
+            return int(f.read())
+
+    def reloads():
+        with open(cluster.path("gw-nginx.log"), errors="replace") as f:
+            return sum("reloading nginx" in line for line in f)
+
+    names([h1, h2], [h1, h2])
     started = []
     try:
         for h, _ in HOSTS:
@@ -570,18 +599,18 @@ def test_compose_style_nginx_entrypoint(cluster, capsys):
         env = dict(os.environ)
         for k in ("WORKER_ADDRS", "RELAY_ADDRS", "LISTEN", "ERROR_LOG", "HTML_DIR"):
             env.pop(k, None)
-        env.update({"PW_HOME": ROOT, "PW_NGINX_DIR": cluster.path("gw-nginx"),
+        env.update({"PW_HOME": ROOT, "PW_NGINX_DIR": cluster.path("gw-nginx"), "SHUTDOWN_TIMEOUT": "3s",
                     "CHAT_RATE": "100000", "CHAT_BURST": "100000", "NGINX_WORKERS": "1"})
         p = cluster.run("gw-nginx", "gw", [os.path.join(ROOT, "docker", "nginx-start")], env=env)
         started.append("gw-nginx")
         wait_for(lambda: cluster.http("gw", "GET", "/")[0] == 200, what="the compose-style nginx")
-        # exec: the entrypoint's pid is nginx's master pid
-        with open(cluster.path("gw-nginx", "nginx.pid")) as f:
-            assert int(f.read()) == p.pid
-        with open(cluster.path("gw-nginx", "nginx.conf")) as f:
-            conf = f.read()
-        assert "server worker:9000 " in conf and "server relay:9100 " in conf
-        assert re.search(r"listen 0\.0\.0\.0:8080 ", conf)
+        # nginx is the entrypoint's child (it forwards signals and watches the names)
+        pid = master()
+        with open("/proc/%d/stat" % pid) as f:
+            assert int(f.read().rsplit(")", 1)[1].split()[1]) == p.pid
+        assert upstream("pushwire_workers") == ["%s:9000" % h1, "%s:9000" % h2], conf()
+        assert upstream("pushwire_relays") == ["%s:9100" % h1, "%s:9100" % h2], conf()
+        assert re.search(r"listen 0\.0\.0\.0:8080 ", conf())
 
         # the health checks of the images, run where the containers' processes run
         hc = os.path.join(ROOT, "docker", "healthcheck")
@@ -597,27 +626,82 @@ def test_compose_style_nginx_entrypoint(cluster, capsys):
         ch = channel_name("gw")
         ws = WsClient(cluster, "websocket@gw", ["gw"], ch)
         ws.start()
-        before = {h: cluster.metrics(h, 9399)["pushwire_requests_total"] for h, _ in HOSTS}
+
+        def requests():
+            return {h: cluster.metrics(h, 9399)["pushwire_requests_total"] for h, _ in HOSTS}
+        before = requests()
         published = []
         for i in range(20):
             doc, _ = cluster.publish("gw", "via gw %d" % i, ch)
             published.append(doc["id"])
-        finish([ws], max(published))
-        ok = stats(capsys, "compose-gw", [ws], published)
-        after = {h: cluster.metrics(h, 9399)["pushwire_requests_total"] for h, _ in HOSTS}
+        wait_for(lambda: ws.since >= published[-1], what="the WebSocket client to get the messages")
+        after = requests()
         assert all(after[h] > before[h] for h, _ in HOSTS), \
             "nginx did not use every address of 'worker': %r -> %r" % (before, after)
+
+        def reloaded(old_workers):
+            """nginx runs new workers and the old ones no longer accept."""
+            def gone_or_leaving(w):
+                try:
+                    with open("/proc/%d/cmdline" % w, "rb") as f:
+                        return b"shutting down" in f.read()
+                except OSError:
+                    return True
+            return set(children(pid)) - set(old_workers) and all(gone_or_leaving(w) for w in old_workers)
+
+        # A worker gone and the relay elsewhere: found without a reload by hand.
+        n, old_workers = reloads(), children(pid)
+        t0 = time.monotonic()
+        names([h2], [h1])
+        wait_for(lambda: upstream("pushwire_workers") == ["%s:9000" % h2] and reloads() == n + 1 and
+                 reloaded(old_workers), timeout=10, what="the entrypoint to follow the names")
+        took = time.monotonic() - t0
+        assert upstream("pushwire_relays") == ["%s:9100" % h1]
+        assert master() == pid, "nginx was restarted, not reloaded"
+        wait_for(lambda: cluster.http("gw", "GET", "/healthz")[0] == 200, what="nginx after the reload")
+        before = requests()
+        for i in range(20, 30):
+            doc, _ = cluster.publish("gw", "via gw %d" % i, ch)
+            published.append(doc["id"])
+        after = requests()
+        assert after["h1"] == before["h1"] and after["h2"] > before["h2"], (before, after)
+        # The WebSocket held by the old nginx worker is closed after
+        # SHUTDOWN_TIMEOUT (3 s); the client comes back with since.
+        wait_for(lambda: len(children(pid)) == 1 and ws.reconnects >= 1, timeout=15,
+                 what="the old nginx worker to exit (workers %r)" % children(pid))
+        finish([ws], max(published))
+        ok = stats(capsys, "compose-gw", [ws], published)
+
+        # No address at all: a placeholder marked down, 503 with Retry-After.
+        old_workers = children(pid)
+        names([], [h1])
+        wait_for(lambda: upstream("pushwire_workers") == ["127.0.0.1:9 down"] and reloads() == n + 2 and
+                 reloaded(old_workers), timeout=10, what="the down placeholder")
+        st, body = cluster.http("gw", "POST", "/chat", b"content=x", {"Content-Type": "application/x-www-form-urlencoded"})
+        assert st == 503 and json.loads(body)["error"], (st, body)
+        names([h1, h2], [h1, h2])
+        wait_for(lambda: len(upstream("pushwire_workers")) == 2, timeout=10, what="both workers back")
+        wait_for(lambda: cluster.publish("gw", "back", channel_name("gw"))[0]["id"] == 1, timeout=10,
+                 what="a publish through both workers again")
+        with capsys.disabled():
+            sys.stdout.write("compose-gw: nginx followed a change of the names in %.1f s\n" % took)
         assert ok and ws.ids == published
+
+        started.remove("gw-nginx")
+        assert cluster.stop("gw-nginx", signal.SIGQUIT) == 0, "the entrypoint did not exit 0 on SIGQUIT"
+        assert not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z"
     finally:
         for name in reversed(started):
             cluster.stop(name, signal.SIGQUIT if "nginx" in name else signal.SIGTERM)
+        net.set_hosts_file("gw", "127.0.0.1 localhost\n")
 
 
 # ---- deployment files, without a Docker engine ------------------------------------------------
 
-COMPOSE_VARS = ("PORT", "PUSHWIRE_TAG", "REDIS_URL", "REDIS_PASSWORD", "REDIS_APPENDFSYNC", "REDIS_MAXMEMORY",
-                "WORKER_METRICS", "RELAY_METRICS", "WORKER_ADDRS", "RELAY_ADDRS", "NGINX_WORKERS", "CONNECTIONS",
-                "NOFILE", "MAX_BODY", "READ_TIMEOUT", "WS_TIMEOUT", "CHAT_RATE", "CHAT_BURST", "ACCESS_LOG")
+def compose_variables():
+    """Every ${NAME...} docker-compose.yml reads from the environment."""
+    with open(os.path.join(ROOT, "docker-compose.yml")) as f:
+        return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", f.read()))
 
 
 def compose_command():
@@ -633,7 +717,8 @@ def compose_config(extra_env=None, quiet_check=True):
     cmd = compose_command()
     if not cmd:
         pytest.skip("neither docker-compose nor docker compose is installed: apt-get install -y docker-compose")
-    env = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARS and not k.startswith("PW_")}
+    drop = compose_variables()
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(("PW_", "COMPOSE_"))}
     env.update(extra_env or {})
     base = cmd + ["-f", os.path.join(ROOT, "docker-compose.yml"), "--project-directory", ROOT]
     if quiet_check:
@@ -669,8 +754,13 @@ def test_compose_file():
             assert how.get("condition") == "service_healthy", (name, dep)
         assert "container_name" not in svc, "%s cannot be scaled with a container_name" % name
     assert published_ports(svcs["nginx"]) == [("8080", 8080)]
-    assert set(svcs["nginx"]["depends_on"]) == {"worker", "relay"}
+    # nginx finds workers and relays by itself (docker/nginx-start) and must
+    # not depend on them: compose would stop it first on `down`, and it would
+    # hold the long-polls and WebSockets that workers and relays answer and
+    # close while they stop, until SHUTDOWN_TIMEOUT, then cut them.
+    assert not svcs["nginx"].get("depends_on"), svcs["nginx"].get("depends_on")
     assert set(svcs["worker"]["depends_on"]) == {"redis"} == set(svcs["relay"]["depends_on"])
+    assert svcs["nginx"]["stop_grace_period"] == "35s"
 
     w, r, n = (svcs[s]["environment"] for s in ("worker", "relay", "nginx"))
     assert w["PW_LISTEN"] == "0.0.0.0:9000" and r["PW_RELAY_LISTEN"] == "0.0.0.0:9100"
@@ -678,6 +768,11 @@ def test_compose_file():
     assert w["PW_PREFIX"] == r["PW_PREFIX"] and w["PW_HISTORY_TTL"] == r["PW_HISTORY_TTL"]
     assert n["WORKER_ADDRS"] == "worker:9000" and n["RELAY_ADDRS"] == "relay:9100"
     assert n["LISTEN"] == "0.0.0.0:8080"
+    # the defaults of nginx/render where compose passes a setting through
+    assert n["CHAT_TRUSTED"] == "127.0.0.0/8 ::1 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7"
+    assert n["SHUTDOWN_TIMEOUT"] == "30s" and n["UPSTREAM_KEEPALIVE"] == "8192"
+    assert n["PW_PUBLISH_TOKEN"] == w["PW_PUBLISH_TOKEN"] == ""
+    assert n["CHAT_ALLOW"] == n["REAL_IP_FROM"] == "" and "METRICS_ADDRS" not in n
     assert "redis-data" in doc["volumes"]
     assert any(str(v).startswith("redis-data:/data") or (isinstance(v, dict) and v.get("target") == "/data")
                for v in svcs["redis"]["volumes"])
@@ -689,13 +784,16 @@ def test_compose_file():
         assert svc["build"]["target"] in stages, (name, svc["build"]["target"], stages)
 
     # settings come from the environment
+    # (tests/integration/test_compose.py checks every documented variable)
     doc = compose_config({"PORT": "9999", "REDIS_URL": "redis://:pw@redis:6379/2", "CHAT_RATE": "7",
-                          "RELAY_ADDRS": ""}, quiet_check=False)
+                          "RELAY_ADDRS": "", "CHAT_TRUSTED": "", "PW_PUBLISH_TOKEN": "tok"}, quiet_check=False)
     svcs = doc["services"]
     assert published_ports(svcs["nginx"]) == [("9999", 8080)]
     assert svcs["worker"]["environment"]["REDIS_URL"] == "redis://:pw@redis:6379/2"
     assert svcs["nginx"]["environment"]["CHAT_RATE"] == "7"
     assert svcs["nginx"]["environment"]["RELAY_ADDRS"] == ""
+    assert svcs["nginx"]["environment"]["CHAT_TRUSTED"] == "", "an empty CHAT_TRUSTED must mean nobody"
+    assert svcs["nginx"]["environment"]["PW_PUBLISH_TOKEN"] == svcs["worker"]["environment"]["PW_PUBLISH_TOKEN"]
 
 
 def test_docker_scripts_and_context():
