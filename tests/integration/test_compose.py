@@ -609,6 +609,30 @@ def test_images_link_only_what_the_runtime_stage_installs(project, request):
         sorted(owners), sorted(runtime_packages()))
 
 
+def test_redis_image_serves_the_network_without_a_password(project):
+    """The Redis image without REDIS_PASSWORD answers clients from the
+    compose network: protected mode is off (docker/redis-start), as in the
+    official image, also when redis:7 is a Redis built with it on (the
+    stand-in is Debian's). The project itself runs with a password."""
+    project.compose("up", "-d", "--no-deps", "redis")   # (creates the project's network)
+    net = project.docker("inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+                         project.containers("redis")[0]).split()[0]
+    name = project.name + "-nopass"
+    try:
+        project.docker("run", "-d", "--name", name, "--network", net, "-e", "REDIS_PASSWORD=",
+                       project.image("redis"))
+        ip = project.docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                            name).strip()
+
+        def ping():
+            return project.docker("run", "--rm", "--network", net, "--entrypoint", "redis-cli",
+                                  project.image("redis"), "-h", ip, "ping", check=False).strip()
+        answer = wait_for(ping, timeout=20, interval=0.3, what="the password-less Redis to answer")
+        assert answer == "PONG", answer
+    finally:
+        project.docker("rm", "-f", "-v", name, check=False)
+
+
 # ---- up, and every transport through the published port ---------------------------------------
 
 def sse_first_event(port, channel, timeout=15):
