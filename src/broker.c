@@ -946,7 +946,10 @@ int broker_publish(broker *b, const char *channel, const char *json, size_t json
     snprintf(k_srv, sizeof k_srv, "%sserver", p);
     snprintf(k_meta, sizeof k_meta, "%sch:%s", p, channel);
     snprintf(k_hist, sizeof k_hist, "%sh:%s", p, channel);
-    snprintf(k_idem, sizeof k_idem, "%sidem:%s:%s", p, channel, idem_key ? idem_key : "");
+    /* '/' ends the channel part: it cannot occur in a channel name, while
+     * ':' can occur in both (idem:a:b:c was channel a key b:c and channel
+     * a:b key c alike). */
+    snprintf(k_idem, sizeof k_idem, "%sidem:%s/%s", p, channel, idem_key ? idem_key : "");
     snprintf(pubch, sizeof pubch, "%smsg:%s", p, channel);
     rand_hex(gen, 4);
     rand_hex(ep, 4);

@@ -186,6 +186,23 @@ def test_idempotency_key_stores_once(stack):
     assert [m["content"] for m in msgs] == ["once", "other"]
 
 
+def test_idempotency_keys_of_different_channels_never_collide(stack):
+    """Channel "a" with key "b:c" and channel "a:b" with key "c" are two
+    publishes (':' is legal in both): the second is stored in its own
+    channel, not answered with the first one's id."""
+    a = unique_channel("ik")
+    st1, d1 = stack.publish("in a", channel=a, idem="b:c")
+    st2, d2 = stack.publish("in a:b", channel=a + ":b", idem="c")
+    assert st1 == st2 == 200 and d2["channel"] == a + ":b", (d1, d2)
+    st, doc, _ = stack.poll(channel=a + ":b", since=0, timeout=0)
+    assert [m["content"] for m in doc["messages"]] == ["in a:b"], doc
+    assert d2["id"] == doc["id"] == 1 and d2["epoch"] == doc["epoch"]
+    # Keys with slashes (legal too) stay per channel as well.
+    st3, d3 = stack.publish("slash", channel=a, idem="x/y")
+    st4, d4 = stack.publish("slash", channel=a, idem="x/y")
+    assert st3 == st4 == 200 and d3 == d4 and d3["id"] == 2
+
+
 @pytest.mark.parametrize("key", ["a" * 129, "has space", "tab\tkey"])
 def test_bad_idempotency_key_is_400(stack, key):
     st, h, b = stack.request("POST", "/chat", b"content=x",
