@@ -21,7 +21,8 @@ DEPFLAGS = -MMD -MP
 
 ifeq ($(SAN),1)
   BUILD   ?= build/asan
-  OPT     = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  OPT     = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+            -DPW_CHECK_INVARIANTS
   LDSAN   = -fsanitize=address,undefined
   WERROR  = 1
 else
@@ -73,6 +74,11 @@ $(BUILD)/tests/%.o: tests/unit/%.c
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libpw.a
 	$(CC) $(LDFLAGS) -o $@ $^ -lcmocka $(ALL_LIBS)
 
+# The hub runs on a simulated Redis: hub_sim.o stands in for broker.o (the
+# archive member is then never pulled in).
+$(BUILD)/tests/test_hub: $(BUILD)/tests/test_hub.o $(BUILD)/tests/hub_sim.o $(BUILD)/libpw.a
+	$(CC) $(LDFLAGS) -o $@ $^ -lcmocka $(ALL_LIBS)
+
 deps:
 	@scripts/install-deps
 
@@ -111,4 +117,5 @@ format:
 clean:
 	rm -rf build
 
--include $(CORE_OBJS:.o=.d) $(BUILD)/obj/worker_main.d $(BUILD)/obj/relay_main.d $(UNIT_BINS:=.d)
+-include $(CORE_OBJS:.o=.d) $(BUILD)/obj/worker_main.d $(BUILD)/obj/relay_main.d $(UNIT_BINS:=.d) \
+  $(BUILD)/tests/hub_sim.d

@@ -68,9 +68,22 @@ struct hub {
     hub_channel **table;
     size_t buckets;
     hub_stats stats;
+    unsigned depth; /* nesting of entry points; invariants hold at 0 */
 };
 
+/* Every entry point (public call, broker hook, timer) is bracketed so that
+ * the sanitizer build checks the invariants when the outermost one returns;
+ * inside, while a delivery loop runs, they need not hold. */
+#ifdef PW_CHECK_INVARIANTS
+#define HUB_ENTER(h) ((h)->depth++)
+#define HUB_LEAVE(h) ((--(h)->depth == 0) ? hub_check(h) : (void)0)
+#else
+#define HUB_ENTER(h) ((void)(h))
+#define HUB_LEAVE(h) ((void)(h))
+#endif
+
 static void ch_sync(hub_channel *ch);
+static void ch_unsync(hub_channel *ch);
 static void sub_process(hub *h, hub_sub *s);
 static void ch_process_waiting(hub_channel *ch);
 
@@ -165,25 +178,31 @@ static void ch_free(hub_channel *ch)
 static void linger_cb(loop *l, timer *t)
 {
     hub_channel *ch = (hub_channel *)((char *)t - offsetof(hub_channel, linger));
+    hub *h = ch->h;
     if (ch->nsubs)
         return;
     if (ch->reads) { /* a read still refers to the channel */
         timer_start(l, t, 1000);
         return;
     }
+    HUB_ENTER(h);
     if (ch->sub_state != CH_UNSUB)
-        broker_unsubscribe(ch->h->b, ch->name);
+        broker_unsubscribe(h->b, ch->name);
     ch_free(ch);
+    HUB_LEAVE(h);
 }
 
 static void retry_cb(loop *l, timer *t)
 {
     (void)l;
     hub_channel *ch = (hub_channel *)((char *)t - offsetof(hub_channel, retry));
+    hub *h = ch->h;
+    HUB_ENTER(h);
     if (ch->synced)
         ch_process_waiting(ch);
     else
         ch_sync(ch);
+    HUB_LEAVE(h);
 }
 
 /* ---- subscriber lists ------------------------------------------------------ */
@@ -374,9 +393,19 @@ static void sub_read(hub *h, hub_sub *s)
 
 static void apply_sync(hub *h, hub_channel *ch, const broker_read_result *r);
 
+static void read_result(hub_read *op, const broker_read_result *r);
+
 static void read_reply(void *arg, const broker_read_result *r)
 {
     hub_read *op = arg;
+    hub *h = op->h;
+    HUB_ENTER(h);
+    read_result(op, r);
+    HUB_LEAVE(h);
+}
+
+static void read_result(hub_read *op, const broker_read_result *r)
+{
     hub *h = op->h;
     hub_channel *ch = op->ch;
     bool continuous = ch->sub_state == CH_SUBSCRIBED && op->gen == ch->sub_gen;
@@ -384,6 +413,12 @@ static void read_reply(void *arg, const broker_read_result *r)
     if (op->sync) {
         ch->sync_inflight = false;
         read_free(op);
+        if (r->err || !continuous) {
+            /* What pub/sub brought meanwhile belongs to this read: the next
+             * sync reads a newer state anyway. */
+            pending_clear(ch);
+            ch->resync_after = false;
+        }
         if (r->err) {
             if (broker_cmd_ready(h->b))
                 timer_start(h->l, &ch->retry, 1000);
@@ -391,6 +426,8 @@ static void read_reply(void *arg, const broker_read_result *r)
         }
         if (continuous)
             apply_sync(h, ch, r);
+        else
+            ch_sync(ch); /* sent before the latest (re)subscription: ask again */
         return;
     }
 
@@ -410,6 +447,17 @@ static void read_reply(void *arg, const broker_read_result *r)
         if (broker_cmd_ready(h->b))
             timer_start(h->l, &ch->retry, 1000);
         return;
+    }
+
+    /* Redis answered with another epoch than the one the channel is synced
+     * to: the channel's state was forgotten or lost in Redis without a
+     * message telling us (a TTL expiry, a restart). Our view is stale; sync
+     * again, else subscribers holding the new epoch would read forever. */
+    if (continuous && ch->synced && strcmp(r->epoch, ch->epoch) != 0) {
+        log_info("channel %s: Redis has epoch %s, not %s; resyncing", ch->name, r->epoch,
+                 ch->epoch);
+        ch_unsync(ch);
+        ch_sync(ch);
     }
 
     pw_msg **msgs = r->n ? xmalloc(r->n * sizeof *msgs) : NULL;
@@ -493,6 +541,12 @@ static void ch_live(hub *h, hub_channel *ch, const pw_msg *m)
     hub_batch b = {.channel = ch->name, .epoch = ch->epoch, .msgs = &one, .n = 1};
     for (hub_sub *s = ch->subs, *next; s; s = next) {
         next = s->next;
+        if (s->state == SUB_PARKED && s->since == m->id) {
+            /* It was parked ahead (a read gave it m first): now idle. */
+            if (s->ops->parked)
+                s->ops->parked(s);
+            continue;
+        }
         if (s->state != SUB_PARKED || s->since + 1 != m->id)
             continue;
         bool persistent = s->persistent;
@@ -613,9 +667,12 @@ static void sub_process(hub *h, hub_sub *s)
 
 /* ---- broker hooks ------------------------------------------------------------------ */
 
+static void message_in(hub *h, const char *name, const char *payload, size_t len);
+
 static void on_cmd_up(void *ctx)
 {
     hub *h = ctx;
+    HUB_ENTER(h);
     for (size_t i = 0; i < h->buckets; i++)
         for (hub_channel *c = h->table[i]; c; c = c->hnext) {
             if (c->synced)
@@ -623,26 +680,31 @@ static void on_cmd_up(void *ctx)
             else
                 ch_sync(c);
         }
+    HUB_LEAVE(h);
 }
 
 static void on_sub_up(void *ctx)
 {
     hub *h = ctx;
+    HUB_ENTER(h);
     for (size_t i = 0; i < h->buckets; i++)
         for (hub_channel *c = h->table[i]; c; c = c->hnext)
             if (c->nsubs)
                 ch_subscribe(c);
+    HUB_LEAVE(h);
 }
 
 static void on_sub_down(void *ctx)
 {
     hub *h = ctx;
+    HUB_ENTER(h);
     for (size_t i = 0; i < h->buckets; i++)
         for (hub_channel *c = h->table[i]; c; c = c->hnext) {
             c->sub_state = CH_UNSUB;
             pending_clear(c);
             ch_unsync(c);
         }
+    HUB_LEAVE(h);
 }
 
 static void on_subscribed(void *ctx, const char *name)
@@ -651,15 +713,24 @@ static void on_subscribed(void *ctx, const char *name)
     hub_channel *ch = ch_find(h, name);
     if (!ch || ch->sub_state == CH_SUBSCRIBED)
         return;
+    HUB_ENTER(h);
     ch->sub_state = CH_SUBSCRIBED;
     ch->sub_gen++;
     ch_unsync(ch);
     ch_sync(ch);
+    HUB_LEAVE(h);
 }
 
 static void on_message(void *ctx, const char *name, const char *payload, size_t len)
 {
     hub *h = ctx;
+    HUB_ENTER(h);
+    message_in(h, name, payload, len);
+    HUB_LEAVE(h);
+}
+
+static void message_in(hub *h, const char *name, const char *payload, size_t len)
+{
     hub_channel *ch = ch_find(h, name);
     if (!ch || ch->sub_state != CH_SUBSCRIBED)
         return;
@@ -750,31 +821,40 @@ void hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint
     s->since = has_since ? since : 0;
     s->verified = false;
     snprintf(s->epoch, sizeof s->epoch, "%s", epoch ? epoch : "");
+    HUB_ENTER(h);
     sub_link(ch, s);
     set_state(h, s, SUB_WAIT);
     sub_process(h, s);
+    HUB_LEAVE(h);
 }
 
 void hub_unsubscribe(hub *h, hub_sub *s)
 {
-    (void)h;
+    HUB_ENTER(h);
     sub_unlink(s);
+    HUB_LEAVE(h);
 }
 
 void hub_sub_resume(hub *h, hub_sub *s)
 {
     if (s->ch && s->state == SUB_PAUSED) {
+        HUB_ENTER(h);
         set_state(h, s, SUB_WAIT);
         sub_process(h, s);
+        HUB_LEAVE(h);
     }
 }
 
 const char *hub_sub_channel(const hub_sub *s) { return s->ch ? s->ch->name : ""; }
 
-bool hub_current(const hub_sub *s, const char **epoch, uint64_t *newest, const rbuf **newest_json)
+bool hub_sub_idle(const hub_sub *s, const char **epoch, uint64_t *newest, const rbuf **newest_json)
 {
     hub_channel *ch = s->ch;
-    if (!ch || !ch->synced)
+    /* Parked at the channel's newest id. Parked ahead of it (a read saw a
+     * message pub/sub has not brought yet) is not idle: its content is not
+     * here, and it is about to arrive. */
+    if (!ch || s->state != SUB_PARKED || !ch->synced || s->since != ch->last_id ||
+        strcmp(s->epoch, ch->epoch) != 0)
         return false;
     *epoch = ch->epoch;
     *newest = ch->last_id;
@@ -785,4 +865,75 @@ bool hub_current(const hub_sub *s, const char **epoch, uint64_t *newest, const r
             *newest_json = m->json;
     }
     return true;
+}
+
+/* ---- invariants ------------------------------------------------------------------------ */
+
+static void violated(const hub_channel *ch, const char *what)
+{
+    log_error("hub invariant violated on channel %s: %s", ch ? ch->name : "-", what);
+    fprintf(stderr, "hub invariant violated on channel %s: %s\n", ch ? ch->name : "-", what);
+    abort();
+}
+
+#define CHECK(ch, cond)                                                                            \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            violated(ch, #cond);                                                                   \
+    } while (0)
+
+static void check_channel(const hub *h, const hub_channel *ch, size_t *subs, size_t *parked)
+{
+    CHECK(ch, ch->h == h);
+    CHECK(ch, !ch->synced || ch->sub_state == CH_SUBSCRIBED);
+    CHECK(ch, ch->synced || ch->ring_n == 0);
+    for (size_t i = 1; i < ch->ring_n; i++)
+        CHECK(ch, ring_at((hub_channel *)ch, i)->id == ring_at((hub_channel *)ch, i - 1)->id + 1);
+    CHECK(ch, ch->ring_n == 0 || ring_at((hub_channel *)ch, ch->ring_n - 1)->id == ch->last_id);
+    size_t syncs = 0;
+    for (const hub_read *op = ch->reads; op; op = op->next) {
+        CHECK(ch, op->ch == ch);
+        syncs += op->sync;
+        CHECK(ch, !op->sync || !op->subs);
+        for (const hub_sub *s = op->subs; s; s = s->op_next)
+            CHECK(ch, s->op == op && s->state == SUB_READING && s->ch == ch);
+    }
+    CHECK(ch, syncs == (ch->sync_inflight ? 1u : 0u));
+    CHECK(ch, ch->pending_n == 0 || (ch->sync_inflight && !ch->synced));
+    bool ready_cmd = broker_cmd_ready(h->b), ready_sub = broker_sub_ready(h->b);
+    size_t n = 0;
+    for (const hub_sub *s = ch->subs; s; s = s->next) {
+        n++;
+        CHECK(ch, s->ch == ch);
+        CHECK(ch, s->state != SUB_DETACHED);
+        CHECK(ch, (s->state == SUB_READING) == (s->op != NULL));
+        if (s->state == SUB_PARKED) {
+            (*parked)++;
+            CHECK(ch, ch->synced && s->has_since && strcmp(s->epoch, ch->epoch) == 0);
+            CHECK(ch, s->since == ch->last_id || (s->since > ch->last_id && s->verified));
+        }
+        /* Progress is scheduled for every waiting subscriber. */
+        if (s->state == SUB_WAIT && ch->synced)
+            CHECK(ch, timer_armed(&ch->retry) || !ready_cmd);
+    }
+    CHECK(ch, n == ch->nsubs);
+    *subs += n;
+    if (ch->nsubs) {
+        CHECK(ch, ch->sub_state != CH_UNSUB || !ready_sub);
+        if (ch->sub_state == CH_SUBSCRIBED && !ch->synced)
+            CHECK(ch, ch->sync_inflight || timer_armed(&ch->retry) || !ready_cmd);
+    }
+}
+
+void hub_check(const hub *h)
+{
+    size_t channels = 0, subs = 0, parked = 0;
+    for (size_t i = 0; i < h->buckets; i++)
+        for (const hub_channel *c = h->table[i]; c; c = c->hnext) {
+            channels++;
+            check_channel(h, c, &subs, &parked);
+        }
+    CHECK(NULL, channels == h->stats.channels);
+    CHECK(NULL, subs == h->stats.subs);
+    CHECK(NULL, parked == h->stats.parked);
 }

@@ -12,6 +12,37 @@
  * subscriber's since, or from the channel's in-memory ring, which holds a
  * contiguous run of ids that pub/sub delivered after a read established the
  * channel's position while subscribed ("synced").
+ *
+ * State of a channel (hub.c's hub_channel):
+ *   sub_state UNSUB -> SUBSCRIBING (SUBSCRIBE sent) -> SUBSCRIBED (Redis
+ *     confirmed; sub_gen counts confirmations); back to UNSUB when the pub/sub
+ *     connection drops.
+ *   synced: a sync read sent while SUBSCRIBED (same sub_gen) answered; then
+ *     last_id/epoch are the channel's, and every message pub/sub delivers
+ *     after it extends the ring. Cleared by anything that may have broken
+ *     continuity (pub/sub drop, resubscribe, a gap, another epoch).
+ *   sync_inflight: one sync read is out. A sync read that comes back from an
+ *     older sub_gen proves nothing, and a new one is sent at once (else the
+ *     channel would stay unsynced with nobody asking).
+ * Invariants (hub_check):
+ *   - synced implies SUBSCRIBED; not synced implies an empty ring;
+ *   - the ring holds consecutive ids ending at last_id;
+ *   - sync_inflight iff exactly one sync read is on the channel's list;
+ *     pub/sub messages are buffered (pending) only while it is out;
+ *   - SUBSCRIBED and not synced, with subscribers, implies sync_inflight or
+ *     the retry timer armed (progress is always scheduled);
+ *   - every subscriber on the channel's list points back to it; nsubs and the
+ *     parked count match the lists.
+ * State of a subscriber (enum hub_sub_state):
+ *   WAIT     nothing in flight: the next channel event or sub_process decides;
+ *   READING  waiting on the read op (op != NULL, on op's list);
+ *   PARKED   up to date: has_since, epoch is the channel's, since == last_id
+ *            (or since > last_id, verified by a read that pub/sub has not
+ *            caught up with); the next live message is delivered to it;
+ *   PAUSED   persistent, after a batch with more, until hub_sub_resume;
+ *   DETACHED not on any channel.
+ *   Only a PARKED subscriber has everything up to the channel's newest id:
+ *   hub_sub_idle says so, nothing else may claim it.
  */
 #ifndef PW_HUB_H
 #define PW_HUB_H
@@ -122,10 +153,18 @@ void hub_sub_resume(hub *h, hub_sub *s);
 /* The name of the channel s follows, "" when detached. */
 const char *hub_sub_channel(const hub_sub *s);
 
-/* The channel's current epoch, newest id and newest content, for an answer
- * that carries no messages (a long-poll timeout). Returns false when the hub
- * does not know them now (Redis unreachable, not yet synced). */
-bool hub_current(const hub_sub *s, const char **epoch, uint64_t *newest,
-                 const rbuf **newest_json);
+/* When s is parked with nothing newer than the channel's newest message:
+ * that message's epoch, id and content (NULL when not in memory), for an
+ * answer that carries no messages (a long-poll timeout, a shutdown). False
+ * when s is not known to be up to date (its read is in flight, Redis is
+ * unreachable, its epoch is not the channel's): answering it with the newest
+ * id then would skip messages it never got. */
+bool hub_sub_idle(const hub_sub *s, const char **epoch, uint64_t *newest,
+                  const rbuf **newest_json);
+
+/* Check the invariants above on every channel and subscriber; abort with a
+ * message on the first violation. Runs after every event in builds with
+ * PW_CHECK_INVARIANTS (the sanitizer build); tests may call it directly. */
+void hub_check(const hub *h);
 
 #endif

@@ -53,7 +53,8 @@ typedef struct req {
     bool fd_closed;    /* client gone while the broker held the request */
     bool in_broker;    /* a broker callback will run with this request */
     bool sse_paused;   /* a batch with more waits for the queue to drain */
-    bool no_wait;      /* timeout=0: answer as soon as the poll is up to date */
+    bool no_wait;      /* answer as soon as the poll is up to date (timeout=0, stopping, late) */
+    bool late;         /* past its timeout, waiting for the hub to confirm it is up to date */
     bool sse_head;     /* EventSource headers not sent yet (start point not fixed) */
     char *pub_channel; /* publish: for the answer */
 } req;
@@ -174,7 +175,7 @@ static void req_done(req *r)
     r->pub_channel = NULL;
     r->kind = K_NONE;
     r->phase = P_IDLE;
-    r->no_wait = r->sse_paused = r->sse_head = false;
+    r->no_wait = r->late = r->sse_paused = r->sse_head = false;
     W.nidle++;
     loop_mod(W.d.l, &r->w, EPOLLIN | EPOLLRDHUP);
 }
@@ -375,7 +376,7 @@ static void on_deliver(hub_sub *s, hub_batch *b)
     }
 }
 
-static void poll_timeout_answer(req *r);
+static bool poll_answer_idle(req *r);
 
 static void on_parked(hub_sub *s)
 {
@@ -384,25 +385,26 @@ static void on_parked(hub_sub *s)
         sse_open(r);
         req_flush(r);
     } else if (r->no_wait && r->phase == P_ACTIVE) {
-        poll_timeout_answer(r);
+        poll_answer_idle(r);
     }
 }
 
 static const hub_sub_ops poll_ops = {.deliver = on_deliver, .parked = on_parked};
 
-/* Answer a held long-poll that saw nothing new: the newest message, no
- * messages. The answer is the same for every request of the channel until
- * the channel moves on, so the last one is kept. */
-static void poll_timeout_answer(req *r)
+/* Answer a held long-poll that saw nothing new, if the hub confirms it has
+ * everything up to the channel's newest message: that message's id and
+ * content, no messages. Otherwise (its read is still in flight, Redis is
+ * slow or unreachable) answering with the newest id would move the client
+ * past messages it never got: return false and keep it. The answer is the
+ * same for every request of the channel until the channel moves on, so the
+ * last one is kept. */
+static bool poll_answer_idle(req *r)
 {
     const char *epoch;
     uint64_t newest;
     const rbuf *json;
-    if (!hub_current(&r->sub, &epoch, &newest, &json)) {
-        hub_unsubscribe(W.d.h, &r->sub);
-        req_unavailable(r, "Redis is unreachable; retry later");
-        return;
-    }
+    if (!hub_sub_idle(&r->sub, &epoch, &newest, &json))
+        return false;
     char name[PW_CHANNEL_MAX + 1];
     snprintf(name, sizeof name, "%s", hub_sub_channel(&r->sub));
     hub_unsubscribe(W.d.h, &r->sub);
@@ -424,6 +426,23 @@ static void poll_timeout_answer(req *r)
     W.st.poll_timeouts++;
     req_finish(r, rec, 200);
     rbuf_unref(rec);
+    return true;
+}
+
+/* The poll's time is up: answer it if it is up to date; else give the hub
+ * up to the Redis timeout more (answering the moment it is), then 503 with
+ * Retry-After: the client polls again from the same since. */
+static void poll_timeout(req *r)
+{
+    if (poll_answer_idle(r))
+        return;
+    if (!r->late) {
+        r->late = r->no_wait = true;
+        timer_start(W.d.l, &r->tmo, cfg.c.redis_timeout);
+        return;
+    }
+    hub_unsubscribe(W.d.h, &r->sub);
+    req_unavailable(r, "Redis is unreachable or too slow; retry later");
 }
 
 static void tmo_cb(loop *l, timer *t)
@@ -432,7 +451,7 @@ static void tmo_cb(loop *l, timer *t)
     if (r->phase != P_ACTIVE)
         return;
     if (r->kind == K_POLL) {
-        poll_timeout_answer(r);
+        poll_timeout(r);
         return;
     }
     if (r->sse_head) {
@@ -481,6 +500,7 @@ static void handle_poll(req *r, const api_http *http)
     }
     r->kind = K_POLL;
     r->no_wait = p.timeout == 0;
+    r->late = p.timeout == 0; /* its timer below is already the grace period */
     W.st.polls_held++;
     /* With timeout=0 the answer comes when the poll is up to date (on_parked)
      * or, if Redis cannot tell, a 503 after the Redis timeout. */
@@ -847,14 +867,10 @@ static void on_stop(const char *why)
         if (r->phase != P_ACTIVE)
             continue;
         if (r->kind == K_POLL) {
-            /* Answer now what can be answered; a poll whose channel is
-             * still syncing is answered when it parks (on_parked). */
-            const char *e;
-            uint64_t n;
-            const rbuf *j;
+            /* Answer now what is up to date; the others are answered when
+             * they are (on_parked), or with 503 when the grace is over. */
             r->no_wait = true;
-            if (hub_current(&r->sub, &e, &n, &j))
-                poll_timeout_answer(r);
+            poll_answer_idle(r);
         } else if (r->kind == K_SSE) {
             hub_unsubscribe(W.d.h, &r->sub);
             sse_open(r);

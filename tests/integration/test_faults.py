@@ -238,3 +238,50 @@ def test_nginx_own_errors_on_status_and_ws_are_json_503(fresh_stack):
         st, h, b = s.request("GET", path)
         assert st == 503 and json.loads(b)["error"] and h["Retry-After"] == "1", (path, st, b)
     s.start_worker(0)
+
+
+@pytest.mark.stack(workers=1, worker_args=["--redis-timeout", "1000"])
+def test_poll_waiting_for_history_is_never_answered_past_it(fresh_stack):
+    """Found on main: a poll whose history read was still in Redis when its
+    time was up (timeout=0 while Redis stalls, a SIGTERM during catch-up)
+    was answered {"id": NEWEST, "messages": []}: the client moved its cursor
+    past messages it never got. Now it gets them, or a 503 to retry from the
+    same since."""
+    s = fresh_stack
+    ch = unique_channel("cu")
+    for i in range(100):  # more than the worker's ring of recent messages
+        assert s.publish("m%d" % i, channel=ch)[0] == 200
+    # A held poll keeps the channel synced in the worker.
+    keep = Poller(s, channel=ch, since=100, timeout=60)
+    keep.start()
+    wait_for(lambda: s.held() >= 1, what="the held poll")
+    s.redis.send(signal.SIGSTOP)
+    try:
+        st, h, b = s.get("/status?channel=%s&since=2&timeout=0" % ch, timeout=30)
+        doc = json.loads(b)
+        assert st == 503 and h.get("Retry-After"), (st, doc)
+        st, h, b = s.get("/status?channel=%s&since=2&timeout=1" % ch, timeout=30)
+        doc = json.loads(b)
+        assert st == 503 and h.get("Retry-After"), (st, doc)
+    finally:
+        s.redis.send(signal.SIGCONT)
+    wait_for(lambda: s.all_redis_up(), timeout=15, what="the worker to reach Redis")
+    st, doc, _ = s.poll(channel=ch, since=2, timeout=0)
+    assert st == 200 and [m["content"] for m in doc["messages"]][:2] == ["m2", "m3"], doc
+    # SIGTERM while polls wait for their reads: they are answered with their
+    # messages or 503, never "nothing new" at the newest id.
+    s.redis.send(signal.SIGSTOP)
+    pollers = [Poller(s, channel=ch, since=k, timeout=30) for k in (1, 5, 9)]
+    for p in pollers:
+        p.start()
+    time.sleep(0.5)
+    s.workers[0].send(signal.SIGTERM)
+    time.sleep(0.5)
+    s.redis.send(signal.SIGCONT)
+    for p in pollers + [keep]:
+        p.join(20)
+        st, doc, _ = p.result
+        assert st == 503 or (st == 200 and (doc["messages"] or doc["id"] == p.kw["since"])), \
+            (p.kw, st, doc)
+    s.workers[0].stop()
+    s.start_worker(0)
