@@ -2,6 +2,8 @@
 import json
 import os
 import signal
+import socket
+import struct
 import threading
 import time
 
@@ -285,3 +287,44 @@ def test_poll_waiting_for_history_is_never_answered_past_it(fresh_stack):
             (p.kw, st, doc)
     s.workers[0].stop()
     s.start_worker(0)
+
+
+@pytest.mark.stack(workers=1)
+def test_connection_closed_while_its_publish_is_in_redis(fresh_stack):
+    """Found on main: a request closed by a protocol error or by a second
+    request on the same FastCGI connection, while its publish (or /healthz
+    call) was still in Redis, was freed, and the reply wrote freed memory
+    (ASan: heap-use-after-free; the stack's log check fails on it). Now the
+    worker survives, and every publish that Redis stored is stored once."""
+    s = fresh_stack
+    ch = unique_channel("uaf")
+    sock = s.worker_sock(0)
+    after = {
+        "second request": fcgi._record(fcgi.BEGIN_REQUEST, 2, struct.pack(">HB5x", 1, 1)),
+        "bad record": b"\x07\x01\x00\x01\x00\x00\x00\x00",  # version 7
+        "truncated": b"\x01",
+    }
+    s.redis.send(signal.SIGSTOP)  # keep the publishes and health calls in Redis
+    try:
+        conns = []
+        for name, tail in after.items():
+            for uri, body in (("/chat", b"content=" + name.encode() + b"&channel=" + ch.encode()),
+                              ("/healthz", b"")):
+                r = fcgi.FcgiRequest(sock, "POST" if body else "GET", uri, body=body,
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+                r.s.sendall(tail)
+                if name == "truncated":
+                    r.s.shutdown(socket.SHUT_WR)
+                conns.append(r)
+        time.sleep(0.5)
+    finally:
+        s.redis.send(signal.SIGCONT)
+    time.sleep(1.0)
+    for r in conns:
+        r.close()
+    assert s.workers[0].alive(), "the worker died"
+    wait_for(lambda: s.all_redis_up(), what="the worker to be up")
+    st, doc, _ = s.poll(channel=ch, since=0, timeout=0)
+    got = sorted(m["content"] for m in doc["messages"])
+    assert len(got) == len(set(got)) and set(got) <= set(after), got
+    # The log check when the stack stops (fresh_stack) finds any ASan report.
