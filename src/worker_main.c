@@ -312,8 +312,12 @@ static rbuf *sse_records(uint16_t reqid, const hub_batch *b)
 {
     buf ev = BUF_INIT, rec = BUF_INIT;
     if (b->reset) {
-        buf_puts(&ev, "event: reset\ndata: ");
+        /* Its id is where the replay starts, so that a browser reconnecting
+         * right after it (Last-Event-ID) is neither reset again nor skips
+         * the replay. */
         uint64_t newest = b->n ? b->msgs[b->n - 1]->id : b->newest_id;
+        uint64_t from = b->n ? b->msgs[0]->id - 1 : b->newest_id;
+        buf_printf(&ev, "event: reset\nid: %s:%llu\ndata: ", b->epoch, (unsigned long long)from);
         env_push_reset(&ev, b->channel, b->epoch, newest);
         buf_puts(&ev, "\n\n");
     }
