@@ -251,3 +251,35 @@ def test_nginx_allow_list_restricts_publishing(fresh_stack):
     assert st == 403 and doc["error"] == "forbidden"
     st, doc, _ = fresh_stack.poll(since=0, timeout=0)
     assert st == 200 and doc["messages"] == []
+
+
+@pytest.mark.parametrize("what", ["one 64 KiB header line", "forty 4 KB headers", "a 64 KiB URI"])
+def test_oversized_request_heads_get_json_errors(stack, what):
+    """Found on main: nginx answered a header line past its buffers with its
+    own HTML page; every error is JSON."""
+    import socket
+    req = {
+        "one 64 KiB header line": b"GET /status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 65536 +
+                                  b"\r\n\r\n",
+        "forty 4 KB headers": b"GET /status HTTP/1.1\r\nHost: x\r\n" +
+                              b"".join(b"X-%d: %s\r\n" % (i, b"b" * 4000) for i in range(40)) +
+                              b"\r\n",
+        "a 64 KiB URI": b"GET /status?x=" + b"a" * 65536 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    }[what]
+    c = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+    c.sendall(req)
+    data = b""
+    try:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            data += d
+    except ConnectionResetError:
+        pass
+    c.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    assert status in (414, 431), head
+    assert b"content-type: application/json" in head.lower(), head
+    assert json.loads(body)["error"]
