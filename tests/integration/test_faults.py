@@ -4,6 +4,7 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -328,3 +329,58 @@ def test_connection_closed_while_its_publish_is_in_redis(fresh_stack):
     got = sorted(m["content"] for m in doc["messages"])
     assert len(got) == len(set(got)) and set(got) <= set(after), got
     # The log check when the stack stops (fresh_stack) finds any ASan report.
+
+
+def _unix_get(path, timeout=10):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    finally:
+        s.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a mount namespace for resolv.conf)")
+def test_a_name_server_that_never_answers_does_not_freeze_the_loop(tmp_path):
+    """Found on main: every Redis (re)connect looked the host name up with a
+    blocking getaddrinfo inside the event loop; with the name server silent
+    (in compose: Redis's container gone) the worker froze for seconds on
+    every attempt. Now lookups run off the loop: it keeps answering."""
+    from stack import BUILD
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.bind(("127.0.0.2", 53))  # takes queries, answers none
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.2\noptions timeout:3 attempts:1\n")
+    sock, msock = str(tmp_path / "w.sock"), str(tmp_path / "m.sock")
+    argv = ["unshare", "-m", "--", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+            str(resolv), os.path.join(BUILD, "pushwire-worker"), "--listen", "unix:" + sock,
+            "--metrics", "unix:" + msock, "--redis", "redis://redis.invalid-host.test:6379",
+            "--redis-timeout", "1000"]
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:exitcode=66")
+    log = open(tmp_path / "worker.log", "wb")
+    p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: os.path.exists(msock), what="the worker's metrics socket")
+        worst, t_end = 0.0, time.monotonic() + 8
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            assert b"pushwire_redis_up" in _unix_get(msock)
+            worst = max(worst, time.monotonic() - t0)
+            time.sleep(0.1)
+        print("\n  worst metrics answer while Redis's name does not resolve: %.3f s" % worst)
+        assert worst < 1.0, "the worker's loop stalled %.1f s" % worst
+        # The lookup's failure is reported, and the worker keeps retrying.
+        text = (tmp_path / "worker.log").read_text()
+        assert "redis.invalid-host.test" in text, text[-2000:]
+    finally:
+        p.terminate()
+        rc = p.wait(15)
+        dns.close()
+    assert rc == 0, (tmp_path / "worker.log").read_text()[-3000:]
