@@ -649,10 +649,10 @@ int broker_read(broker *b, const char *channel, bool has_since, uint64_t since, 
     rand_hex(gen, 4);
     rand_hex(ep, 4);
     /* A read may create the state of a channel nobody published to (its
-     * epoch must exist before the first message). Such state expires after
-     * five minutes, so that polling random names cannot fill Redis; the
-     * first publish extends it to the history TTL. */
-    snprintf(ttl, sizeof ttl, "%u", b->cfg.history_ttl < 300 ? b->cfg.history_ttl : 300);
+     * epoch must exist before the first message). Such state expires a
+     * minute after its last read, so that polling random names cannot fill
+     * Redis; the first publish extends it to the history TTL. */
+    snprintf(ttl, sizeof ttl, "%u", b->cfg.history_ttl < 60 ? b->cfg.history_ttl : 60);
     snprintf(s_since, sizeof s_since, "%llu", (unsigned long long)since);
     snprintf(s_budget, sizeof s_budget, "%zu", budget);
     const char *argv[15] = {"EVALSHA", b->sha_read, "3", k_srv, k_meta, k_hist, b->run_id,

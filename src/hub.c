@@ -46,6 +46,7 @@ struct hub_channel {
     hub_sub *subs;
     size_t nsubs;
     hub_read *reads;
+    hub_channel *idle_prev, *idle_next; /* on the idle list while nsubs == 0 */
     uint8_t sub_state;
     bool synced;
     bool sync_inflight;
@@ -69,6 +70,8 @@ struct hub {
     size_t buckets;
     hub_stats stats;
     unsigned depth; /* nesting of entry points; invariants hold at 0 */
+    hub_channel *idle_head, *idle_tail; /* channels without subscribers, oldest first */
+    hub_sub *queue_head, *queue_tail;   /* subscribers waiting for a read slot */
 };
 
 /* Every entry point (public call, broker hook, timer) is bracketed so that
@@ -125,11 +128,58 @@ static void table_grow(hub *h)
 static void linger_cb(loop *l, timer *t);
 static void retry_cb(loop *l, timer *t);
 
+static void idle_add(hub *h, hub_channel *c)
+{
+    c->idle_next = NULL;
+    c->idle_prev = h->idle_tail;
+    if (h->idle_tail)
+        h->idle_tail->idle_next = c;
+    else
+        h->idle_head = c;
+    h->idle_tail = c;
+}
+
+static void idle_del(hub *h, hub_channel *c)
+{
+    if (c->idle_prev)
+        c->idle_prev->idle_next = c->idle_next;
+    else if (h->idle_head == c)
+        h->idle_head = c->idle_next;
+    else
+        return; /* not on the list */
+    if (c->idle_next)
+        c->idle_next->idle_prev = c->idle_prev;
+    else
+        h->idle_tail = c->idle_prev;
+    c->idle_prev = c->idle_next = NULL;
+}
+
+static void ch_free(hub_channel *ch);
+
+/* Drop the longest-unused channel without subscribers or reads in flight,
+ * to make room under max_channels. Returns false when there is none. */
+static bool evict_one(hub *h)
+{
+    for (hub_channel *c = h->idle_head; c; c = c->idle_next) {
+        if (c->reads)
+            continue;
+        if (c->sub_state != CH_UNSUB)
+            broker_unsubscribe(h->b, c->name);
+        ch_free(c);
+        h->stats.evicted++;
+        return true;
+    }
+    return false;
+}
+
+/* The channel named, created (idle) if need be; NULL at max_channels. */
 static hub_channel *ch_get(hub *h, const char *name)
 {
     hub_channel *c = ch_find(h, name);
     if (c)
         return c;
+    if (h->cfg.max_channels && h->stats.channels >= h->cfg.max_channels && !evict_one(h))
+        return NULL;
     if (h->stats.channels + 1 > h->buckets)
         table_grow(h);
     c = xcalloc(1, sizeof *c);
@@ -141,6 +191,7 @@ static hub_channel *ch_get(hub *h, const char *name)
     c->hnext = h->table[j];
     h->table[j] = c;
     h->stats.channels++;
+    idle_add(h, c);
     return c;
 }
 
@@ -169,6 +220,7 @@ static void ch_free(hub_channel *ch)
     *pp = ch->hnext;
     timer_stop(h->l, &ch->linger);
     timer_stop(h->l, &ch->retry);
+    idle_del(h, ch);
     ring_clear(ch);
     pending_clear(ch);
     h->stats.channels--;
@@ -215,7 +267,8 @@ static void sub_link(hub_channel *ch, hub_sub *s)
     if (ch->subs)
         ch->subs->prev = s;
     ch->subs = s;
-    ch->nsubs++;
+    if (!ch->nsubs++)
+        idle_del(ch->h, ch);
     ch->h->stats.subs++;
     timer_stop(ch->h->l, &ch->linger);
 }
@@ -235,6 +288,36 @@ static void op_unlink(hub_sub *s)
     s->op_prev = s->op_next = NULL;
 }
 
+/* ---- the read queue ------------------------------------------------------- */
+
+static void queue_add(hub *h, hub_sub *s)
+{
+    s->op_next = NULL;
+    s->op_prev = h->queue_tail;
+    if (h->queue_tail)
+        h->queue_tail->op_next = s;
+    else
+        h->queue_head = s;
+    h->queue_tail = s;
+    h->stats.queued++;
+}
+
+static void queue_del(hub *h, hub_sub *s)
+{
+    if (s->state != SUB_QUEUED)
+        return;
+    if (s->op_prev)
+        s->op_prev->op_next = s->op_next;
+    else
+        h->queue_head = s->op_next;
+    if (s->op_next)
+        s->op_next->op_prev = s->op_prev;
+    else
+        h->queue_tail = s->op_prev;
+    s->op_prev = s->op_next = NULL;
+    h->stats.queued--;
+}
+
 static void set_state(hub *h, hub_sub *s, uint8_t st)
 {
     if (s->state == SUB_PARKED)
@@ -251,6 +334,7 @@ static void sub_unlink(hub_sub *s)
         return;
     hub *h = ch->h;
     op_unlink(s);
+    queue_del(h, s);
     set_state(h, s, SUB_DETACHED);
     if (s->prev)
         s->prev->next = s->next;
@@ -262,8 +346,10 @@ static void sub_unlink(hub_sub *s)
     s->ch = NULL;
     ch->nsubs--;
     h->stats.subs--;
-    if (!ch->nsubs)
+    if (!ch->nsubs) {
+        idle_add(h, ch);
         timer_start(h->l, &ch->linger, h->cfg.linger_ms);
+    }
 }
 
 /* ---- delivery ------------------------------------------------------------------ */
@@ -363,6 +449,11 @@ static void sub_read(hub *h, hub_sub *s)
         if (!op->sync && op->has_since == s->has_since && op->since == s->since &&
             strcmp(op->epoch, s->epoch) == 0 && op->gen == ch->sub_gen)
             break;
+    if (!op && h->cfg.max_reads && h->stats.reads >= h->cfg.max_reads) {
+        set_state(h, s, SUB_QUEUED); /* queue_pump sends it when a read ends */
+        queue_add(h, s);
+        return;
+    }
     if (!op) {
         op = xcalloc(1, sizeof *op);
         op->h = h;
@@ -381,6 +472,7 @@ static void sub_read(hub *h, hub_sub *s)
         }
         op->next = ch->reads;
         ch->reads = op;
+        h->stats.reads++;
     }
     s->op = op;
     s->op_prev = NULL;
@@ -394,6 +486,9 @@ static void sub_read(hub *h, hub_sub *s)
 static void apply_sync(hub *h, hub_channel *ch, const broker_read_result *r);
 
 static void read_result(hub_read *op, const broker_read_result *r);
+static void queue_pump(hub *h);
+static void read_deliver(hub *h, hub_channel *ch, hub_sub *list, const broker_read_result *r,
+                         bool continuous);
 
 static void read_reply(void *arg, const broker_read_result *r)
 {
@@ -437,7 +532,26 @@ static void read_result(hub_read *op, const broker_read_result *r)
     for (hub_sub *s = list; s; s = s->op_next)
         s->op = NULL;
     read_free(op);
+    h->stats.reads--;
+    read_deliver(h, ch, list, r, continuous);
+    queue_pump(h);
+}
 
+/* Serve queued subscribers while read slots are free. */
+static void queue_pump(hub *h)
+{
+    while (h->queue_head && (!h->cfg.max_reads || h->stats.reads < h->cfg.max_reads)) {
+        hub_sub *s = h->queue_head;
+        queue_del(h, s);
+        set_state(h, s, SUB_WAIT);
+        sub_process(h, s);
+    }
+}
+
+/* Hand a read's result to the subscribers that waited on it. */
+static void read_deliver(hub *h, hub_channel *ch, hub_sub *list, const broker_read_result *r,
+                         bool continuous)
+{
     if (r->err) {
         for (hub_sub *s = list, *next; s; s = next) {
             next = s->op_next;
@@ -680,6 +794,7 @@ static void on_cmd_up(void *ctx)
             else
                 ch_sync(c);
         }
+    queue_pump(h);
     HUB_LEAVE(h);
 }
 
@@ -813,19 +928,25 @@ void hub_sub_init(hub_sub *s, const hub_sub_ops *ops, bool persistent)
     s->persistent = persistent;
 }
 
-void hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint64_t since,
-                   const char *epoch)
+int hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint64_t since,
+                  const char *epoch)
 {
+    HUB_ENTER(h);
     hub_channel *ch = ch_get(h, channel);
+    if (!ch) {
+        h->stats.refused++;
+        HUB_LEAVE(h);
+        return -1;
+    }
     s->has_since = has_since;
     s->since = has_since ? since : 0;
     s->verified = false;
     snprintf(s->epoch, sizeof s->epoch, "%s", epoch ? epoch : "");
-    HUB_ENTER(h);
     sub_link(ch, s);
     set_state(h, s, SUB_WAIT);
     sub_process(h, s);
     HUB_LEAVE(h);
+    return 0;
 }
 
 void hub_unsubscribe(hub *h, hub_sub *s)
@@ -927,13 +1048,32 @@ static void check_channel(const hub *h, const hub_channel *ch, size_t *subs, siz
 
 void hub_check(const hub *h)
 {
-    size_t channels = 0, subs = 0, parked = 0;
+    size_t channels = 0, subs = 0, parked = 0, idle = 0, reads = 0, queued = 0;
     for (size_t i = 0; i < h->buckets; i++)
         for (const hub_channel *c = h->table[i]; c; c = c->hnext) {
             channels++;
+            idle += c->nsubs == 0;
             check_channel(h, c, &subs, &parked);
+            for (const hub_read *op = c->reads; op; op = op->next)
+                reads += !op->sync;
         }
     CHECK(NULL, channels == h->stats.channels);
     CHECK(NULL, subs == h->stats.subs);
     CHECK(NULL, parked == h->stats.parked);
+    CHECK(NULL, !h->cfg.max_channels || channels <= h->cfg.max_channels);
+    size_t on_list = 0;
+    for (const hub_channel *c = h->idle_head; c; c = c->idle_next) {
+        on_list++;
+        CHECK(c, c->nsubs == 0 && (c->idle_next ? c->idle_next->idle_prev == c : h->idle_tail == c));
+    }
+    CHECK(NULL, on_list == idle);
+    CHECK(NULL, reads == h->stats.reads);
+    for (const hub_sub *s = h->queue_head; s; s = s->op_next) {
+        queued++;
+        CHECK(s->ch, s->state == SUB_QUEUED && s->ch && !s->op);
+    }
+    CHECK(NULL, queued == h->stats.queued);
+    /* Waiting for a slot only while the slots are taken. */
+    CHECK(NULL, !queued || !h->cfg.max_reads || reads >= h->cfg.max_reads ||
+                    !broker_cmd_ready(h->b));
 }

@@ -32,7 +32,11 @@
  *   - SUBSCRIBED and not synced, with subscribers, implies sync_inflight or
  *     the retry timer armed (progress is always scheduled);
  *   - every subscriber on the channel's list points back to it; nsubs and the
- *     parked count match the lists.
+ *     parked count match the lists;
+ *   - subscribers wait in the read queue only while max_reads reads are in
+ *     flight (or commands are down);
+ *   - the channels with no subscriber are exactly those on the idle list
+ *     (oldest first): the cap max_channels evicts from there.
  * State of a subscriber (enum hub_sub_state):
  *   WAIT     nothing in flight: the next channel event or sub_process decides;
  *   READING  waiting on the read op (op != NULL, on op's list);
@@ -40,6 +44,9 @@
  *            (or since > last_id, verified by a read that pub/sub has not
  *            caught up with); the next live message is delivered to it;
  *   PAUSED   persistent, after a batch with more, until hub_sub_resume;
+ *   QUEUED   needs a read of its own while max_reads are in flight: on the
+ *            hub's queue (op_prev/op_next), served in arrival order as reads
+ *            finish;
  *   DETACHED not on any channel.
  *   Only a PARKED subscriber has everything up to the channel's newest id:
  *   hub_sub_idle says so, nothing else may claim it.
@@ -94,7 +101,7 @@ typedef struct hub_sub_ops {
     void (*parked)(hub_sub *s);
 } hub_sub_ops;
 
-enum hub_sub_state { SUB_DETACHED, SUB_WAIT, SUB_READING, SUB_PARKED, SUB_PAUSED };
+enum hub_sub_state { SUB_DETACHED, SUB_WAIT, SUB_READING, SUB_PARKED, SUB_PAUSED, SUB_QUEUED };
 
 struct hub_sub {
     hub_channel *ch;
@@ -115,6 +122,13 @@ typedef struct hub_config {
     size_t batch_bytes;   /* cap of one batch's content (1 MiB) */
     size_t ring_bytes;    /* recent messages kept per channel (<= batch_bytes) */
     unsigned linger_ms;   /* keep an unused channel subscribed this long */
+    /* Bounds (0: none). At max_channels a subscription to one more channel
+     * evicts the longest-unused channel without subscribers, or is refused.
+     * At most max_reads history reads of subscribers are in Redis at once;
+     * the rest queue (each read can be a 1 MiB reply held in Redis's and
+     * our memory). */
+    size_t max_channels;
+    size_t max_reads;
 } hub_config;
 
 typedef struct hub_stats {
@@ -125,6 +139,10 @@ typedef struct hub_stats {
     uint64_t messages_out;  /* messages in those deliveries */
     uint64_t live_messages; /* messages received from pub/sub */
     uint64_t resyncs;
+    uint64_t reads;         /* subscriber reads in Redis now */
+    uint64_t queued;        /* subscribers waiting for a read slot */
+    uint64_t refused;       /* subscriptions refused at max_channels */
+    uint64_t evicted;       /* unused channels dropped for room */
 } hub_stats;
 
 /* The hub owns its broker (created from cfg->broker). */
@@ -139,9 +157,11 @@ void hub_sub_init(hub_sub *s, const hub_sub_ops *ops, bool persistent);
 
 /* Start delivering channel's messages to s after since (has_since) or from
  * now on, for epoch ("" when the client named none). The first delivery may
- * happen inside this call. channel must be valid (api_channel_valid). */
-void hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint64_t since,
-                   const char *epoch);
+ * happen inside this call. channel must be valid (api_channel_valid).
+ * Returns 0, or -1 when the process follows max_channels channels that all
+ * have subscribers (s stays detached: answer 503). */
+int hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint64_t since,
+                  const char *epoch);
 
 /* Stop delivering to s (client gone, timeout, shutdown). Idempotent; safe
  * from inside deliver and with a read in flight. */

@@ -49,6 +49,7 @@ typedef struct client {
     timer t; /* handshake deadline, ping interval, or close linger */
     ws_parser parser;
     struct client *prev, *next;
+    struct client *hs_prev, *hs_next; /* on R's handshake list, oldest first */
     char *head; /* the handshake being read; freed once open */
     uint32_t head_len;
     uint8_t state;
@@ -66,6 +67,7 @@ static struct config {
     daemon_common c;
     const char *listen, *origins;
     unsigned ping_interval, max_message, max_queue, sndbuf, max_clients, handshake_timeout;
+    unsigned max_handshakes;
 } cfg = {
     .c = DAEMON_COMMON_DEFAULTS,
     .listen = "127.0.0.1:9100",
@@ -76,20 +78,56 @@ static struct config {
     .sndbuf = 262144,
     .max_clients = 19000,
     .handshake_timeout = 10,
+    .max_handshakes = 1000,
 };
 
 static struct relay {
     daemon_rt d;
     client *clients;
     size_t nclients, nopen;
+    /* Connections still in their opening handshake, oldest first: at
+     * --max-handshakes the oldest goes, so that clients who open and never
+     * finish (slowloris) cannot take every connection slot. */
+    client *hs_head, *hs_tail;
+    size_t nhandshakes;
     rbuf *ping_frame;
     struct {
         uint64_t accepted, upgrades, refused[6], slow_cutoffs, dead_pings, protocol_errors;
+        uint64_t handshakes_evicted;
         uint64_t frames_out;
     } st;
 } R;
 
 static client *client_of(conn *cc) { return (client *)(void *)cc; }
+
+static void hs_add(client *c)
+{
+    c->hs_next = NULL;
+    c->hs_prev = R.hs_tail;
+    if (R.hs_tail)
+        R.hs_tail->hs_next = c;
+    else
+        R.hs_head = c;
+    R.hs_tail = c;
+    R.nhandshakes++;
+}
+
+/* c leaves the handshake phase (opened, refused or closed). Idempotent. */
+static void hs_del(client *c)
+{
+    if (!c->hs_prev && R.hs_head != c)
+        return;
+    if (c->hs_prev)
+        c->hs_prev->hs_next = c->hs_next;
+    else
+        R.hs_head = c->hs_next;
+    if (c->hs_next)
+        c->hs_next->hs_prev = c->hs_prev;
+    else
+        R.hs_tail = c->hs_prev;
+    c->hs_prev = c->hs_next = NULL;
+    R.nhandshakes--;
+}
 
 /* ---- lifetime (conn.h) and writing ------------------------------------------------ */
 
@@ -107,6 +145,7 @@ static void client_closed(conn *cc)
     client *c = client_of(cc);
     if (c->upgraded)
         R.nopen--;
+    hs_del(c);
     c->state = C_DEAD;
     hub_unsubscribe(R.d.h, &c->sub);
     timer_stop(R.d.l, &c->t);
@@ -211,6 +250,7 @@ static void release_101(client *c)
  * await_peer, the peer closed too), or after CLOSE_LINGER at most. */
 static void client_finish(client *c, const void *p, size_t n, bool drop_queue, bool await_peer)
 {
+    hs_del(c);
     c->state = C_CLOSING;
     hub_unsubscribe(R.d.h, &c->sub);
     if (drop_queue)
@@ -449,6 +489,7 @@ static void upgrade(client *c, const ws_request *req)
      * cannot tell within the Redis timeout, open anyway. */
     c->held_101 = rbuf_new(resp, n);
     R.st.upgrades++;
+    hs_del(c);
     c->state = C_OPEN;
     c->upgraded = true;
     R.nopen++;
@@ -457,7 +498,19 @@ static void upgrade(client *c, const ws_request *req)
     c->t.cb = hold_101_cb;
     timer_start(R.d.l, &c->t, cfg.c.redis_timeout);
     hub_sub_init(&c->sub, &ws_ops, true);
-    hub_subscribe(R.d.h, &c->sub, p.channel, p.has_since, p.since, p.epoch);
+    if (hub_subscribe(R.d.h, &c->sub, p.channel, p.has_since, p.since, p.epoch) < 0) {
+        /* Every channel slot has subscribers (--max-channels): 503 before
+         * the 101, as if the upgrade had never been taken. */
+        log_info("refused WebSocket: too many channels (--max-channels)");
+        rbuf_unref(c->held_101);
+        c->held_101 = NULL;
+        c->upgraded = false;
+        R.nopen--;
+        R.st.upgrades--;
+        c->state = C_HANDSHAKE;
+        timer_stop(R.d.l, &c->t);
+        refuse(c, 503);
+    }
 }
 
 static void handshake_read(client *c)
@@ -561,6 +614,13 @@ static void listen_io(loop *l, io_watch *w, uint32_t revents)
         R.clients = c;
         R.nclients++;
         R.st.accepted++;
+        if (R.nhandshakes >= cfg.max_handshakes) {
+            R.st.handshakes_evicted++;
+            log_debug("%zu handshakes pending (--max-handshakes): dropping the oldest",
+                      R.nhandshakes);
+            client_kill(R.hs_head);
+        }
+        hs_add(c);
         if (conn_start(&c->c) < 0) {
             log_error("epoll_ctl: %s", strerror(errno));
             client_kill(c);
@@ -602,6 +662,10 @@ static void render_metrics(buf *o, void *ctx)
                "Clients dropped for not answering pings.", R.st.dead_pings);
     metric_put(o, "pushwire_ws_protocol_errors_total", "counter",
                "Clients closed for protocol errors.", R.st.protocol_errors);
+    metric_put(o, "pushwire_ws_handshakes", "gauge", "Connections in their opening handshake now.",
+               R.nhandshakes);
+    metric_put(o, "pushwire_ws_handshakes_evicted_total", "counter",
+               "Pending handshakes dropped at --max-handshakes.", R.st.handshakes_evicted);
     daemon_metrics(o, R.d.h);
 }
 
@@ -637,6 +701,8 @@ static const opt_def relay_options[] = {
      "connections before accepting pauses (mind the open-file limit)"},
     {"handshake-timeout", "PW_HANDSHAKE_TIMEOUT", OPT_UINT, &cfg.handshake_timeout, 1, 600,
      "SECONDS", "time allowed for the opening handshake"},
+    {"max-handshakes", "PW_MAX_HANDSHAKES", OPT_UINT, &cfg.max_handshakes, 1, 1000000, "N",
+     "connections in their opening handshake at once; past it the oldest is dropped"},
 };
 
 int main(int argc, char **argv)

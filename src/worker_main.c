@@ -497,7 +497,8 @@ static void handle_poll(req *r, const api_http *http)
         r->sse_head = true;
         W.st.sse_streams++;
         timer_start(W.d.l, &r->tmo, cfg.c.redis_timeout);
-        hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch);
+        if (hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch) < 0)
+            req_unavailable(r, "this worker follows too many channels (--max-channels); retry later");
         return;
     }
     r->kind = K_POLL;
@@ -507,7 +508,8 @@ static void handle_poll(req *r, const api_http *http)
     /* With timeout=0 the answer comes when the poll is up to date (on_parked)
      * or, if Redis cannot tell, a 503 after the Redis timeout. */
     timer_start(W.d.l, &r->tmo, p.timeout ? (uint64_t)p.timeout * 1000 : cfg.c.redis_timeout);
-    hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch);
+    if (hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch) < 0)
+        req_unavailable(r, "this worker follows too many channels (--max-channels); retry later");
 }
 
 static void publish_done(void *arg, const broker_pub_result *res)

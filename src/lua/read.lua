@@ -4,7 +4,7 @@
 -- oldest retained message minus one; it then gets the retained history.
 --
 -- KEYS: 1 server, 2 channel meta, 3 channel stream.
--- ARGV: 1-3 gen_of, 4 fresh ep, 5 ttl of a channel this read creates,
+-- ARGV: 1-3 gen_of, 4 fresh ep, 5 ttl of a channel nobody published to,
 --       6 "1" when since is given, 7 since, 8 the client's epoch ("" for
 --       none), 9 byte budget of the messages (at least one is returned).
 -- Returns {epoch, newest, reset, more, newest_time, newest_content,
@@ -12,6 +12,10 @@
 --          the list short of newest.
 local gen = gen_of(KEYS[1])
 local seq, ep = meta_of(ARGV[5])
+-- Nobody published yet: the state lives on while it is read, and goes
+-- ARGV[5] seconds after the last read (polls to random names cost Redis
+-- only that long).
+if seq == 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
 local epoch = gen .. ep
 local out = {epoch, seq, 0, 0, 0, ''}
 local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)

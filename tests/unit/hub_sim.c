@@ -94,6 +94,7 @@ struct sim {
 
 static sim *the_sim;
 unsigned hub_sim_seed;
+struct hub_sim_totals hub_sim_totals;
 
 static void say(sim *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(sim *s, const char *fmt, ...)
@@ -389,10 +390,14 @@ sim *sim_new(unsigned history, unsigned batch_bytes, bool verbose)
     log_init("hub_sim", verbose ? LOG_DEBUG : LOG_ERROR);
     s->l = loop_new();
     loop_set_clock(s->l, sim_clock, s);
+    /* Tight bounds, so that runs meet them: channels past the cap are
+     * refused or evict an unused one, and reads queue for a slot. */
     hub_config hc = {.broker = {.prefix = "pw:", .timeout_ms = 2000, .history = s->history},
                      .batch_bytes = batch_bytes,
                      .ring_bytes = batch_bytes / 2,
-                     .linger_ms = 5000};
+                     .linger_ms = 5000,
+                     .max_channels = SIM_CHANNELS - 1,
+                     .max_reads = 2};
     s->h = hub_new(s->l, &hc);
     s->b = hub_broker(s->h);
     hub_start(s->h);
@@ -401,6 +406,10 @@ sim *sim_new(unsigned history, unsigned batch_bytes, bool verbose)
 
 void sim_free(sim *s)
 {
+    hub_stats st = hub_get_stats(s->h);
+    hub_sim_totals.refused += st.refused;
+    hub_sim_totals.evicted += st.evicted;
+    hub_sim_totals.steps += s->steps;
     for (int k = 0; k < SIM_SUBS; k++)
         if (s->subs[k].used && s->subs[k].attached)
             hub_unsubscribe(s->h, &s->subs[k].hs);
@@ -410,7 +419,13 @@ void sim_free(sim *s)
     the_sim = NULL;
 }
 
-static void check(sim *s) { hub_check(s->h); }
+static void check(sim *s)
+{
+    hub_check(s->h);
+    uint64_t q = hub_get_stats(s->h).queued;
+    if (q > hub_sim_totals.queued_max)
+        hub_sim_totals.queued_max = q;
+}
 
 void sim_cmd_up(sim *s)
 {
@@ -619,7 +634,17 @@ int sim_subscribe(sim *s, int ch, bool persistent, long long since, int epoch)
     hub_sub_init(&u->hs, &sim_ops, persistent);
     say(s, "sub %d subscribes %s %s since=%lld epoch=%s", k, c->name,
         persistent ? "stream" : "poll", since, ep);
-    hub_subscribe(s->h, &u->hs, c->name, since >= 0, u->pos, ep);
+    if (hub_subscribe(s->h, &u->hs, c->name, since >= 0, u->pos, ep) < 0) {
+        hub_sim_totals.refusals_seen++;
+        say(s, "sub %d refused: every channel slot has subscribers", k);
+        if (hub_get_stats(s->h).channels < SIM_CHANNELS - 1)
+            fail(s, "sub %d refused with %llu channels", k,
+                 (unsigned long long)hub_get_stats(s->h).channels);
+        u->attached = false;
+        u->used = false;
+        check(s);
+        return -1;
+    }
     check(s);
     return k;
 }

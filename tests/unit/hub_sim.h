@@ -32,6 +32,13 @@ typedef struct sim sim;
  * none). */
 extern unsigned hub_sim_seed;
 
+/* Over every sim freed so far: what the bounds did (a run that never meets
+ * them tests nothing about them). */
+struct hub_sim_totals {
+    unsigned long long steps, refused, evicted, refusals_seen, queued_max;
+};
+extern struct hub_sim_totals hub_sim_totals;
+
 /* A hub with connections down, history messages kept per channel and reads
  * of at most batch_bytes; verbose logs every step to stderr. */
 sim *sim_new(unsigned history, unsigned batch_bytes, bool verbose);

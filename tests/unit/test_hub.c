@@ -183,6 +183,12 @@ static void test_random_runs(void **state)
         hub_sim_seed = seed;
         random_run(seed, 400, false);
     }
+    fprintf(stderr, "%u random runs, %llu steps: %llu subscriptions refused at the channel cap, "
+                    "%llu unused channels evicted, up to %llu subscribers queued for a read\n",
+            runs, hub_sim_totals.steps, hub_sim_totals.refused, hub_sim_totals.evicted,
+            hub_sim_totals.queued_max);
+    assert_true(hub_sim_totals.refused > 0 && hub_sim_totals.evicted > 0 &&
+                hub_sim_totals.queued_max > 0);
 }
 
 int main(void)
