@@ -27,6 +27,10 @@ void daemon_options(opt_def *out, daemon_common *c)
         {"metrics", "PW_METRICS", OPT_STR, &c->metrics, 0, 0, "ADDR",
          "serve Prometheus metrics at http://ADDR/metrics (keep it private)"},
         {"backlog", "PW_BACKLOG", OPT_UINT, &c->backlog, 1, 65535, "N", "listen backlog"},
+        {"max-channels", "PW_MAX_CHANNELS", OPT_UINT, &c->max_channels, 1, 10000000, "N",
+         "channels followed at once; past it unused ones are dropped, else clients get 503"},
+        {"max-history-reads", "PW_MAX_HISTORY_READS", OPT_UINT, &c->max_reads, 1, 100000, "N",
+         "history reads in Redis at once (each up to 1 MiB); more wait their turn"},
         {"id", "PW_ID", OPT_STR, &c->id, 0, 0, "NAME",
          "name in heartbeats and /healthz (default host:pid)"},
         {"log-level", "PW_LOG_LEVEL", OPT_LEVEL, &c->log_level, 0, 0, "LEVEL",
@@ -110,6 +114,13 @@ void daemon_metrics(buf *o, hub *h)
                "Messages delivered to subscribers (one per subscriber).", hs.messages_out);
     metric_put(o, "pushwire_resyncs_total", "counter", "Channel resyncs from Redis history.",
                hs.resyncs);
+    metric_put(o, "pushwire_history_reads", "gauge", "History reads in Redis now.", hs.reads);
+    metric_put(o, "pushwire_history_reads_queued", "gauge",
+               "Subscribers waiting for a history read slot (--max-history-reads).", hs.queued);
+    metric_put(o, "pushwire_channels_refused_total", "counter",
+               "Subscriptions refused at --max-channels.", hs.refused);
+    metric_put(o, "pushwire_channels_evicted_total", "counter",
+               "Unused channels dropped to make room under --max-channels.", hs.evicted);
     buf_printf(o,
                "# HELP pushwire_redis_up Redis connections ready (1) or not (0).\n"
                "# TYPE pushwire_redis_up gauge\n"
@@ -243,6 +254,8 @@ int daemon_start(daemon_rt *d, daemon_common *c, const redis_url *url, int sigfd
         .batch_bytes = 1 << 20,
         .ring_bytes = 512 << 10,
         .linger_ms = 60000,
+        .max_channels = c->max_channels,
+        .max_reads = c->max_reads,
     };
     d->h = hub_new(d->l, &hc);
     hub_start(d->h);

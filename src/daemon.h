@@ -20,6 +20,7 @@
 typedef struct daemon_common {
     const char *redis, *prefix, *metrics, *id;
     unsigned redis_timeout, heartbeat_ms, history_ttl, backlog;
+    unsigned max_channels, max_reads;
     enum log_level log_level;
     char idbuf[160];
 } daemon_common;
@@ -28,10 +29,10 @@ typedef struct daemon_common {
     {                                                                                              \
         .redis = "redis://127.0.0.1:6379", .prefix = "pw:", .metrics = "", .id = "",               \
         .redis_timeout = 2000, .heartbeat_ms = 1000, .history_ttl = 86400, .backlog = 4096,        \
-        .log_level = LOG_INFO,                                                                     \
+        .max_channels = 10000, .max_reads = 32, .log_level = LOG_INFO,                             \
     }
 
-#define DAEMON_COMMON_OPTIONS 9
+#define DAEMON_COMMON_OPTIONS 11
 
 /* Write the shared option definitions (DAEMON_COMMON_OPTIONS of them) into
  * out; they point into c. */

@@ -46,6 +46,7 @@ struct hub_channel {
     hub_sub *subs;
     size_t nsubs;
     hub_read *reads;
+    hub_channel *idle_prev, *idle_next; /* on the idle list while nsubs == 0 */
     uint8_t sub_state;
     bool synced;
     bool sync_inflight;
@@ -68,9 +69,24 @@ struct hub {
     hub_channel **table;
     size_t buckets;
     hub_stats stats;
+    unsigned depth; /* nesting of entry points; invariants hold at 0 */
+    hub_channel *idle_head, *idle_tail; /* channels without subscribers, oldest first */
+    hub_sub *queue_head, *queue_tail;   /* subscribers waiting for a read slot */
 };
 
+/* Every entry point (public call, broker hook, timer) is bracketed so that
+ * the sanitizer build checks the invariants when the outermost one returns;
+ * inside, while a delivery loop runs, they need not hold. */
+#ifdef PW_CHECK_INVARIANTS
+#define HUB_ENTER(h) ((h)->depth++)
+#define HUB_LEAVE(h) ((--(h)->depth == 0) ? hub_check(h) : (void)0)
+#else
+#define HUB_ENTER(h) ((void)(h))
+#define HUB_LEAVE(h) ((void)(h))
+#endif
+
 static void ch_sync(hub_channel *ch);
+static void ch_unsync(hub_channel *ch);
 static void sub_process(hub *h, hub_sub *s);
 static void ch_process_waiting(hub_channel *ch);
 
@@ -112,11 +128,58 @@ static void table_grow(hub *h)
 static void linger_cb(loop *l, timer *t);
 static void retry_cb(loop *l, timer *t);
 
+static void idle_add(hub *h, hub_channel *c)
+{
+    c->idle_next = NULL;
+    c->idle_prev = h->idle_tail;
+    if (h->idle_tail)
+        h->idle_tail->idle_next = c;
+    else
+        h->idle_head = c;
+    h->idle_tail = c;
+}
+
+static void idle_del(hub *h, hub_channel *c)
+{
+    if (c->idle_prev)
+        c->idle_prev->idle_next = c->idle_next;
+    else if (h->idle_head == c)
+        h->idle_head = c->idle_next;
+    else
+        return; /* not on the list */
+    if (c->idle_next)
+        c->idle_next->idle_prev = c->idle_prev;
+    else
+        h->idle_tail = c->idle_prev;
+    c->idle_prev = c->idle_next = NULL;
+}
+
+static void ch_free(hub_channel *ch);
+
+/* Drop the longest-unused channel without subscribers or reads in flight,
+ * to make room under max_channels. Returns false when there is none. */
+static bool evict_one(hub *h)
+{
+    for (hub_channel *c = h->idle_head; c; c = c->idle_next) {
+        if (c->reads)
+            continue;
+        if (c->sub_state != CH_UNSUB)
+            broker_unsubscribe(h->b, c->name);
+        ch_free(c);
+        h->stats.evicted++;
+        return true;
+    }
+    return false;
+}
+
+/* The channel named, created (idle) if need be; NULL at max_channels. */
 static hub_channel *ch_get(hub *h, const char *name)
 {
     hub_channel *c = ch_find(h, name);
     if (c)
         return c;
+    if (h->cfg.max_channels && h->stats.channels >= h->cfg.max_channels && !evict_one(h))
+        return NULL;
     if (h->stats.channels + 1 > h->buckets)
         table_grow(h);
     c = xcalloc(1, sizeof *c);
@@ -128,6 +191,7 @@ static hub_channel *ch_get(hub *h, const char *name)
     c->hnext = h->table[j];
     h->table[j] = c;
     h->stats.channels++;
+    idle_add(h, c);
     return c;
 }
 
@@ -156,6 +220,7 @@ static void ch_free(hub_channel *ch)
     *pp = ch->hnext;
     timer_stop(h->l, &ch->linger);
     timer_stop(h->l, &ch->retry);
+    idle_del(h, ch);
     ring_clear(ch);
     pending_clear(ch);
     h->stats.channels--;
@@ -165,25 +230,31 @@ static void ch_free(hub_channel *ch)
 static void linger_cb(loop *l, timer *t)
 {
     hub_channel *ch = (hub_channel *)((char *)t - offsetof(hub_channel, linger));
+    hub *h = ch->h;
     if (ch->nsubs)
         return;
     if (ch->reads) { /* a read still refers to the channel */
         timer_start(l, t, 1000);
         return;
     }
+    HUB_ENTER(h);
     if (ch->sub_state != CH_UNSUB)
-        broker_unsubscribe(ch->h->b, ch->name);
+        broker_unsubscribe(h->b, ch->name);
     ch_free(ch);
+    HUB_LEAVE(h);
 }
 
 static void retry_cb(loop *l, timer *t)
 {
     (void)l;
     hub_channel *ch = (hub_channel *)((char *)t - offsetof(hub_channel, retry));
+    hub *h = ch->h;
+    HUB_ENTER(h);
     if (ch->synced)
         ch_process_waiting(ch);
     else
         ch_sync(ch);
+    HUB_LEAVE(h);
 }
 
 /* ---- subscriber lists ------------------------------------------------------ */
@@ -196,7 +267,8 @@ static void sub_link(hub_channel *ch, hub_sub *s)
     if (ch->subs)
         ch->subs->prev = s;
     ch->subs = s;
-    ch->nsubs++;
+    if (!ch->nsubs++)
+        idle_del(ch->h, ch);
     ch->h->stats.subs++;
     timer_stop(ch->h->l, &ch->linger);
 }
@@ -216,6 +288,36 @@ static void op_unlink(hub_sub *s)
     s->op_prev = s->op_next = NULL;
 }
 
+/* ---- the read queue ------------------------------------------------------- */
+
+static void queue_add(hub *h, hub_sub *s)
+{
+    s->op_next = NULL;
+    s->op_prev = h->queue_tail;
+    if (h->queue_tail)
+        h->queue_tail->op_next = s;
+    else
+        h->queue_head = s;
+    h->queue_tail = s;
+    h->stats.queued++;
+}
+
+static void queue_del(hub *h, hub_sub *s)
+{
+    if (s->state != SUB_QUEUED)
+        return;
+    if (s->op_prev)
+        s->op_prev->op_next = s->op_next;
+    else
+        h->queue_head = s->op_next;
+    if (s->op_next)
+        s->op_next->op_prev = s->op_prev;
+    else
+        h->queue_tail = s->op_prev;
+    s->op_prev = s->op_next = NULL;
+    h->stats.queued--;
+}
+
 static void set_state(hub *h, hub_sub *s, uint8_t st)
 {
     if (s->state == SUB_PARKED)
@@ -232,6 +334,7 @@ static void sub_unlink(hub_sub *s)
         return;
     hub *h = ch->h;
     op_unlink(s);
+    queue_del(h, s);
     set_state(h, s, SUB_DETACHED);
     if (s->prev)
         s->prev->next = s->next;
@@ -243,8 +346,10 @@ static void sub_unlink(hub_sub *s)
     s->ch = NULL;
     ch->nsubs--;
     h->stats.subs--;
-    if (!ch->nsubs)
+    if (!ch->nsubs) {
+        idle_add(h, ch);
         timer_start(h->l, &ch->linger, h->cfg.linger_ms);
+    }
 }
 
 /* ---- delivery ------------------------------------------------------------------ */
@@ -344,6 +449,11 @@ static void sub_read(hub *h, hub_sub *s)
         if (!op->sync && op->has_since == s->has_since && op->since == s->since &&
             strcmp(op->epoch, s->epoch) == 0 && op->gen == ch->sub_gen)
             break;
+    if (!op && h->cfg.max_reads && h->stats.reads >= h->cfg.max_reads) {
+        set_state(h, s, SUB_QUEUED); /* queue_pump sends it when a read ends */
+        queue_add(h, s);
+        return;
+    }
     if (!op) {
         op = xcalloc(1, sizeof *op);
         op->h = h;
@@ -362,6 +472,7 @@ static void sub_read(hub *h, hub_sub *s)
         }
         op->next = ch->reads;
         ch->reads = op;
+        h->stats.reads++;
     }
     s->op = op;
     s->op_prev = NULL;
@@ -374,9 +485,22 @@ static void sub_read(hub *h, hub_sub *s)
 
 static void apply_sync(hub *h, hub_channel *ch, const broker_read_result *r);
 
+static void read_result(hub_read *op, const broker_read_result *r);
+static void queue_pump(hub *h);
+static void read_deliver(hub *h, hub_channel *ch, hub_sub *list, const broker_read_result *r,
+                         bool continuous);
+
 static void read_reply(void *arg, const broker_read_result *r)
 {
     hub_read *op = arg;
+    hub *h = op->h;
+    HUB_ENTER(h);
+    read_result(op, r);
+    HUB_LEAVE(h);
+}
+
+static void read_result(hub_read *op, const broker_read_result *r)
+{
     hub *h = op->h;
     hub_channel *ch = op->ch;
     bool continuous = ch->sub_state == CH_SUBSCRIBED && op->gen == ch->sub_gen;
@@ -384,6 +508,12 @@ static void read_reply(void *arg, const broker_read_result *r)
     if (op->sync) {
         ch->sync_inflight = false;
         read_free(op);
+        if (r->err || !continuous) {
+            /* What pub/sub brought meanwhile belongs to this read: the next
+             * sync reads a newer state anyway. */
+            pending_clear(ch);
+            ch->resync_after = false;
+        }
         if (r->err) {
             if (broker_cmd_ready(h->b))
                 timer_start(h->l, &ch->retry, 1000);
@@ -391,6 +521,8 @@ static void read_reply(void *arg, const broker_read_result *r)
         }
         if (continuous)
             apply_sync(h, ch, r);
+        else
+            ch_sync(ch); /* sent before the latest (re)subscription: ask again */
         return;
     }
 
@@ -400,7 +532,26 @@ static void read_reply(void *arg, const broker_read_result *r)
     for (hub_sub *s = list; s; s = s->op_next)
         s->op = NULL;
     read_free(op);
+    h->stats.reads--;
+    read_deliver(h, ch, list, r, continuous);
+    queue_pump(h);
+}
 
+/* Serve queued subscribers while read slots are free. */
+static void queue_pump(hub *h)
+{
+    while (h->queue_head && (!h->cfg.max_reads || h->stats.reads < h->cfg.max_reads)) {
+        hub_sub *s = h->queue_head;
+        queue_del(h, s);
+        set_state(h, s, SUB_WAIT);
+        sub_process(h, s);
+    }
+}
+
+/* Hand a read's result to the subscribers that waited on it. */
+static void read_deliver(hub *h, hub_channel *ch, hub_sub *list, const broker_read_result *r,
+                         bool continuous)
+{
     if (r->err) {
         for (hub_sub *s = list, *next; s; s = next) {
             next = s->op_next;
@@ -410,6 +561,17 @@ static void read_reply(void *arg, const broker_read_result *r)
         if (broker_cmd_ready(h->b))
             timer_start(h->l, &ch->retry, 1000);
         return;
+    }
+
+    /* Redis answered with another epoch than the one the channel is synced
+     * to: the channel's state was forgotten or lost in Redis without a
+     * message telling us (a TTL expiry, a restart). Our view is stale; sync
+     * again, else subscribers holding the new epoch would read forever. */
+    if (continuous && ch->synced && strcmp(r->epoch, ch->epoch) != 0) {
+        log_info("channel %s: Redis has epoch %s, not %s; resyncing", ch->name, r->epoch,
+                 ch->epoch);
+        ch_unsync(ch);
+        ch_sync(ch);
     }
 
     pw_msg **msgs = r->n ? xmalloc(r->n * sizeof *msgs) : NULL;
@@ -493,6 +655,12 @@ static void ch_live(hub *h, hub_channel *ch, const pw_msg *m)
     hub_batch b = {.channel = ch->name, .epoch = ch->epoch, .msgs = &one, .n = 1};
     for (hub_sub *s = ch->subs, *next; s; s = next) {
         next = s->next;
+        if (s->state == SUB_PARKED && s->since == m->id) {
+            /* It was parked ahead (a read gave it m first): now idle. */
+            if (s->ops->parked)
+                s->ops->parked(s);
+            continue;
+        }
         if (s->state != SUB_PARKED || s->since + 1 != m->id)
             continue;
         bool persistent = s->persistent;
@@ -613,9 +781,12 @@ static void sub_process(hub *h, hub_sub *s)
 
 /* ---- broker hooks ------------------------------------------------------------------ */
 
+static void message_in(hub *h, const char *name, const char *payload, size_t len);
+
 static void on_cmd_up(void *ctx)
 {
     hub *h = ctx;
+    HUB_ENTER(h);
     for (size_t i = 0; i < h->buckets; i++)
         for (hub_channel *c = h->table[i]; c; c = c->hnext) {
             if (c->synced)
@@ -623,26 +794,32 @@ static void on_cmd_up(void *ctx)
             else
                 ch_sync(c);
         }
+    queue_pump(h);
+    HUB_LEAVE(h);
 }
 
 static void on_sub_up(void *ctx)
 {
     hub *h = ctx;
+    HUB_ENTER(h);
     for (size_t i = 0; i < h->buckets; i++)
         for (hub_channel *c = h->table[i]; c; c = c->hnext)
             if (c->nsubs)
                 ch_subscribe(c);
+    HUB_LEAVE(h);
 }
 
 static void on_sub_down(void *ctx)
 {
     hub *h = ctx;
+    HUB_ENTER(h);
     for (size_t i = 0; i < h->buckets; i++)
         for (hub_channel *c = h->table[i]; c; c = c->hnext) {
             c->sub_state = CH_UNSUB;
             pending_clear(c);
             ch_unsync(c);
         }
+    HUB_LEAVE(h);
 }
 
 static void on_subscribed(void *ctx, const char *name)
@@ -651,15 +828,24 @@ static void on_subscribed(void *ctx, const char *name)
     hub_channel *ch = ch_find(h, name);
     if (!ch || ch->sub_state == CH_SUBSCRIBED)
         return;
+    HUB_ENTER(h);
     ch->sub_state = CH_SUBSCRIBED;
     ch->sub_gen++;
     ch_unsync(ch);
     ch_sync(ch);
+    HUB_LEAVE(h);
 }
 
 static void on_message(void *ctx, const char *name, const char *payload, size_t len)
 {
     hub *h = ctx;
+    HUB_ENTER(h);
+    message_in(h, name, payload, len);
+    HUB_LEAVE(h);
+}
+
+static void message_in(hub *h, const char *name, const char *payload, size_t len)
+{
     hub_channel *ch = ch_find(h, name);
     if (!ch || ch->sub_state != CH_SUBSCRIBED)
         return;
@@ -742,10 +928,16 @@ void hub_sub_init(hub_sub *s, const hub_sub_ops *ops, bool persistent)
     s->persistent = persistent;
 }
 
-void hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint64_t since,
-                   const char *epoch)
+int hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint64_t since,
+                  const char *epoch)
 {
+    HUB_ENTER(h);
     hub_channel *ch = ch_get(h, channel);
+    if (!ch) {
+        h->stats.refused++;
+        HUB_LEAVE(h);
+        return -1;
+    }
     s->has_since = has_since;
     s->since = has_since ? since : 0;
     s->verified = false;
@@ -753,28 +945,37 @@ void hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint
     sub_link(ch, s);
     set_state(h, s, SUB_WAIT);
     sub_process(h, s);
+    HUB_LEAVE(h);
+    return 0;
 }
 
 void hub_unsubscribe(hub *h, hub_sub *s)
 {
-    (void)h;
+    HUB_ENTER(h);
     sub_unlink(s);
+    HUB_LEAVE(h);
 }
 
 void hub_sub_resume(hub *h, hub_sub *s)
 {
     if (s->ch && s->state == SUB_PAUSED) {
+        HUB_ENTER(h);
         set_state(h, s, SUB_WAIT);
         sub_process(h, s);
+        HUB_LEAVE(h);
     }
 }
 
 const char *hub_sub_channel(const hub_sub *s) { return s->ch ? s->ch->name : ""; }
 
-bool hub_current(const hub_sub *s, const char **epoch, uint64_t *newest, const rbuf **newest_json)
+bool hub_sub_idle(const hub_sub *s, const char **epoch, uint64_t *newest, const rbuf **newest_json)
 {
     hub_channel *ch = s->ch;
-    if (!ch || !ch->synced)
+    /* Parked at the channel's newest id. Parked ahead of it (a read saw a
+     * message pub/sub has not brought yet) is not idle: its content is not
+     * here, and it is about to arrive. */
+    if (!ch || s->state != SUB_PARKED || !ch->synced || s->since != ch->last_id ||
+        strcmp(s->epoch, ch->epoch) != 0)
         return false;
     *epoch = ch->epoch;
     *newest = ch->last_id;
@@ -785,4 +986,94 @@ bool hub_current(const hub_sub *s, const char **epoch, uint64_t *newest, const r
             *newest_json = m->json;
     }
     return true;
+}
+
+/* ---- invariants ------------------------------------------------------------------------ */
+
+static void violated(const hub_channel *ch, const char *what)
+{
+    log_error("hub invariant violated on channel %s: %s", ch ? ch->name : "-", what);
+    fprintf(stderr, "hub invariant violated on channel %s: %s\n", ch ? ch->name : "-", what);
+    abort();
+}
+
+#define CHECK(ch, cond)                                                                            \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            violated(ch, #cond);                                                                   \
+    } while (0)
+
+static void check_channel(const hub *h, const hub_channel *ch, size_t *subs, size_t *parked)
+{
+    CHECK(ch, ch->h == h);
+    CHECK(ch, !ch->synced || ch->sub_state == CH_SUBSCRIBED);
+    CHECK(ch, ch->synced || ch->ring_n == 0);
+    for (size_t i = 1; i < ch->ring_n; i++)
+        CHECK(ch, ring_at((hub_channel *)ch, i)->id == ring_at((hub_channel *)ch, i - 1)->id + 1);
+    CHECK(ch, ch->ring_n == 0 || ring_at((hub_channel *)ch, ch->ring_n - 1)->id == ch->last_id);
+    size_t syncs = 0;
+    for (const hub_read *op = ch->reads; op; op = op->next) {
+        CHECK(ch, op->ch == ch);
+        syncs += op->sync;
+        CHECK(ch, !op->sync || !op->subs);
+        for (const hub_sub *s = op->subs; s; s = s->op_next)
+            CHECK(ch, s->op == op && s->state == SUB_READING && s->ch == ch);
+    }
+    CHECK(ch, syncs == (ch->sync_inflight ? 1u : 0u));
+    CHECK(ch, ch->pending_n == 0 || (ch->sync_inflight && !ch->synced));
+    bool ready_cmd = broker_cmd_ready(h->b), ready_sub = broker_sub_ready(h->b);
+    size_t n = 0;
+    for (const hub_sub *s = ch->subs; s; s = s->next) {
+        n++;
+        CHECK(ch, s->ch == ch);
+        CHECK(ch, s->state != SUB_DETACHED);
+        CHECK(ch, (s->state == SUB_READING) == (s->op != NULL));
+        if (s->state == SUB_PARKED) {
+            (*parked)++;
+            CHECK(ch, ch->synced && s->has_since && strcmp(s->epoch, ch->epoch) == 0);
+            CHECK(ch, s->since == ch->last_id || (s->since > ch->last_id && s->verified));
+        }
+        /* Progress is scheduled for every waiting subscriber. */
+        if (s->state == SUB_WAIT && ch->synced)
+            CHECK(ch, timer_armed(&ch->retry) || !ready_cmd);
+    }
+    CHECK(ch, n == ch->nsubs);
+    *subs += n;
+    if (ch->nsubs) {
+        CHECK(ch, ch->sub_state != CH_UNSUB || !ready_sub);
+        if (ch->sub_state == CH_SUBSCRIBED && !ch->synced)
+            CHECK(ch, ch->sync_inflight || timer_armed(&ch->retry) || !ready_cmd);
+    }
+}
+
+void hub_check(const hub *h)
+{
+    size_t channels = 0, subs = 0, parked = 0, idle = 0, reads = 0, queued = 0;
+    for (size_t i = 0; i < h->buckets; i++)
+        for (const hub_channel *c = h->table[i]; c; c = c->hnext) {
+            channels++;
+            idle += c->nsubs == 0;
+            check_channel(h, c, &subs, &parked);
+            for (const hub_read *op = c->reads; op; op = op->next)
+                reads += !op->sync;
+        }
+    CHECK(NULL, channels == h->stats.channels);
+    CHECK(NULL, subs == h->stats.subs);
+    CHECK(NULL, parked == h->stats.parked);
+    CHECK(NULL, !h->cfg.max_channels || channels <= h->cfg.max_channels);
+    size_t on_list = 0;
+    for (const hub_channel *c = h->idle_head; c; c = c->idle_next) {
+        on_list++;
+        CHECK(c, c->nsubs == 0 && (c->idle_next ? c->idle_next->idle_prev == c : h->idle_tail == c));
+    }
+    CHECK(NULL, on_list == idle);
+    CHECK(NULL, reads == h->stats.reads);
+    for (const hub_sub *s = h->queue_head; s; s = s->op_next) {
+        queued++;
+        CHECK(s->ch, s->state == SUB_QUEUED && s->ch && !s->op);
+    }
+    CHECK(NULL, queued == h->stats.queued);
+    /* Waiting for a slot only while the slots are taken. */
+    CHECK(NULL, !queued || !h->cfg.max_reads || reads >= h->cfg.max_reads ||
+                    !broker_cmd_ready(h->b));
 }

@@ -12,6 +12,44 @@
  * subscriber's since, or from the channel's in-memory ring, which holds a
  * contiguous run of ids that pub/sub delivered after a read established the
  * channel's position while subscribed ("synced").
+ *
+ * State of a channel (hub.c's hub_channel):
+ *   sub_state UNSUB -> SUBSCRIBING (SUBSCRIBE sent) -> SUBSCRIBED (Redis
+ *     confirmed; sub_gen counts confirmations); back to UNSUB when the pub/sub
+ *     connection drops.
+ *   synced: a sync read sent while SUBSCRIBED (same sub_gen) answered; then
+ *     last_id/epoch are the channel's, and every message pub/sub delivers
+ *     after it extends the ring. Cleared by anything that may have broken
+ *     continuity (pub/sub drop, resubscribe, a gap, another epoch).
+ *   sync_inflight: one sync read is out. A sync read that comes back from an
+ *     older sub_gen proves nothing, and a new one is sent at once (else the
+ *     channel would stay unsynced with nobody asking).
+ * Invariants (hub_check):
+ *   - synced implies SUBSCRIBED; not synced implies an empty ring;
+ *   - the ring holds consecutive ids ending at last_id;
+ *   - sync_inflight iff exactly one sync read is on the channel's list;
+ *     pub/sub messages are buffered (pending) only while it is out;
+ *   - SUBSCRIBED and not synced, with subscribers, implies sync_inflight or
+ *     the retry timer armed (progress is always scheduled);
+ *   - every subscriber on the channel's list points back to it; nsubs and the
+ *     parked count match the lists;
+ *   - subscribers wait in the read queue only while max_reads reads are in
+ *     flight (or commands are down);
+ *   - the channels with no subscriber are exactly those on the idle list
+ *     (oldest first): the cap max_channels evicts from there.
+ * State of a subscriber (enum hub_sub_state):
+ *   WAIT     nothing in flight: the next channel event or sub_process decides;
+ *   READING  waiting on the read op (op != NULL, on op's list);
+ *   PARKED   up to date: has_since, epoch is the channel's, since == last_id
+ *            (or since > last_id, verified by a read that pub/sub has not
+ *            caught up with); the next live message is delivered to it;
+ *   PAUSED   persistent, after a batch with more, until hub_sub_resume;
+ *   QUEUED   needs a read of its own while max_reads are in flight: on the
+ *            hub's queue (op_prev/op_next), served in arrival order as reads
+ *            finish;
+ *   DETACHED not on any channel.
+ *   Only a PARKED subscriber has everything up to the channel's newest id:
+ *   hub_sub_idle says so, nothing else may claim it.
  */
 #ifndef PW_HUB_H
 #define PW_HUB_H
@@ -63,7 +101,7 @@ typedef struct hub_sub_ops {
     void (*parked)(hub_sub *s);
 } hub_sub_ops;
 
-enum hub_sub_state { SUB_DETACHED, SUB_WAIT, SUB_READING, SUB_PARKED, SUB_PAUSED };
+enum hub_sub_state { SUB_DETACHED, SUB_WAIT, SUB_READING, SUB_PARKED, SUB_PAUSED, SUB_QUEUED };
 
 struct hub_sub {
     hub_channel *ch;
@@ -84,6 +122,13 @@ typedef struct hub_config {
     size_t batch_bytes;   /* cap of one batch's content (1 MiB) */
     size_t ring_bytes;    /* recent messages kept per channel (<= batch_bytes) */
     unsigned linger_ms;   /* keep an unused channel subscribed this long */
+    /* Bounds (0: none). At max_channels a subscription to one more channel
+     * evicts the longest-unused channel without subscribers, or is refused.
+     * At most max_reads history reads of subscribers are in Redis at once;
+     * the rest queue (each read can be a 1 MiB reply held in Redis's and
+     * our memory). */
+    size_t max_channels;
+    size_t max_reads;
 } hub_config;
 
 typedef struct hub_stats {
@@ -94,6 +139,10 @@ typedef struct hub_stats {
     uint64_t messages_out;  /* messages in those deliveries */
     uint64_t live_messages; /* messages received from pub/sub */
     uint64_t resyncs;
+    uint64_t reads;         /* subscriber reads in Redis now */
+    uint64_t queued;        /* subscribers waiting for a read slot */
+    uint64_t refused;       /* subscriptions refused at max_channels */
+    uint64_t evicted;       /* unused channels dropped for room */
 } hub_stats;
 
 /* The hub owns its broker (created from cfg->broker). */
@@ -108,9 +157,11 @@ void hub_sub_init(hub_sub *s, const hub_sub_ops *ops, bool persistent);
 
 /* Start delivering channel's messages to s after since (has_since) or from
  * now on, for epoch ("" when the client named none). The first delivery may
- * happen inside this call. channel must be valid (api_channel_valid). */
-void hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint64_t since,
-                   const char *epoch);
+ * happen inside this call. channel must be valid (api_channel_valid).
+ * Returns 0, or -1 when the process follows max_channels channels that all
+ * have subscribers (s stays detached: answer 503). */
+int hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint64_t since,
+                  const char *epoch);
 
 /* Stop delivering to s (client gone, timeout, shutdown). Idempotent; safe
  * from inside deliver and with a read in flight. */
@@ -122,10 +173,18 @@ void hub_sub_resume(hub *h, hub_sub *s);
 /* The name of the channel s follows, "" when detached. */
 const char *hub_sub_channel(const hub_sub *s);
 
-/* The channel's current epoch, newest id and newest content, for an answer
- * that carries no messages (a long-poll timeout). Returns false when the hub
- * does not know them now (Redis unreachable, not yet synced). */
-bool hub_current(const hub_sub *s, const char **epoch, uint64_t *newest,
-                 const rbuf **newest_json);
+/* When s is parked with nothing newer than the channel's newest message:
+ * that message's epoch, id and content (NULL when not in memory), for an
+ * answer that carries no messages (a long-poll timeout, a shutdown). False
+ * when s is not known to be up to date (its read is in flight, Redis is
+ * unreachable, its epoch is not the channel's): answering it with the newest
+ * id then would skip messages it never got. */
+bool hub_sub_idle(const hub_sub *s, const char **epoch, uint64_t *newest,
+                  const rbuf **newest_json);
+
+/* Check the invariants above on every channel and subscriber; abort with a
+ * message on the first violation. Runs after every event in builds with
+ * PW_CHECK_INVARIANTS (the sanitizer build); tests may call it directly. */
+void hub_check(const hub *h);
 
 #endif

@@ -18,6 +18,8 @@ struct loop {
     int epfd;
     bool stopping;
     uint64_t now;
+    uint64_t (*clock)(void *ctx); /* NULL: CLOCK_MONOTONIC */
+    void *clock_ctx;
     timer **heap; /* heap[1..count] */
     size_t count, cap;
     reap_node *reap_head;
@@ -93,7 +95,16 @@ void loop_del(loop *l, io_watch *w)
 
 uint64_t loop_now(const loop *l) { return l->now; }
 
-void loop_update_time(loop *l) { l->now = mono_ms(); }
+static uint64_t clock_ms(const loop *l) { return l->clock ? l->clock(l->clock_ctx) : mono_ms(); }
+
+void loop_update_time(loop *l) { l->now = clock_ms(l); }
+
+void loop_set_clock(loop *l, uint64_t (*now_ms)(void *ctx), void *ctx)
+{
+    l->clock = now_ms;
+    l->clock_ctx = ctx;
+    l->now = clock_ms(l);
+}
 
 size_t loop_timer_count(const loop *l) { return l->count; }
 
@@ -189,30 +200,38 @@ static void run_timers(loop *l)
 
 void loop_stop(loop *l) { l->stopping = true; }
 
-int loop_run(loop *l)
+int loop_run_once(loop *l, int max_wait_ms)
 {
     struct epoll_event evs[LOOP_BATCH];
-    while (!l->stopping) {
-        int timeout = -1;
-        if (l->count) {
-            uint64_t d = l->heap[1]->deadline;
-            timeout = d <= l->now ? 0 : (int)(d - l->now > 60000 ? 60000 : d - l->now);
-        }
-        if (l->reap_head)
-            timeout = 0;
-        int n = epoll_wait(l->epfd, evs, LOOP_BATCH, timeout);
-        if (n < 0 && errno != EINTR)
-            return -1;
-        l->now = mono_ms();
-        for (int i = 0; i < n; i++) {
-            io_watch *w = evs[i].data.ptr;
-            if (w->fd < 0 || !w->events)
-                continue; /* closed earlier in this batch */
-            w->cb(l, w, evs[i].events);
-        }
-        run_reaps(l);
-        run_timers(l);
-        run_reaps(l);
+    int timeout = max_wait_ms;
+    if (l->count) {
+        uint64_t d = l->heap[1]->deadline;
+        int due = d <= l->now ? 0 : (int)(d - l->now > 60000 ? 60000 : d - l->now);
+        if (timeout < 0 || due < timeout)
+            timeout = due;
     }
+    if (l->reap_head)
+        timeout = 0;
+    int n = epoll_wait(l->epfd, evs, LOOP_BATCH, timeout);
+    if (n < 0 && errno != EINTR)
+        return -1;
+    l->now = clock_ms(l);
+    for (int i = 0; i < n; i++) {
+        io_watch *w = evs[i].data.ptr;
+        if (w->fd < 0 || !w->events)
+            continue; /* closed earlier in this batch */
+        w->cb(l, w, evs[i].events);
+    }
+    run_reaps(l);
+    run_timers(l);
+    run_reaps(l);
+    return 0;
+}
+
+int loop_run(loop *l)
+{
+    while (!l->stopping)
+        if (loop_run_once(l, -1) < 0)
+            return -1;
     return 0;
 }

@@ -71,6 +71,13 @@ void loop_reap(loop *l, reap_node *n, reap_cb *fn);
 
 /* Run until loop_stop; returns 0, or -1 if epoll_wait failed (errno set). */
 int loop_run(loop *l);
+/* One round: wait up to max_wait_ms (-1: until the next timer or event) for
+ * I/O, dispatch it, run due timers and reaps. Returns 0 or -1 as loop_run. */
+int loop_run_once(loop *l, int max_wait_ms);
+
+/* Take the time from now_ms(ctx) instead of CLOCK_MONOTONIC: simulations
+ * and tests drive timers with a clock of their own. */
+void loop_set_clock(loop *l, uint64_t (*now_ms)(void *ctx), void *ctx);
 void loop_stop(loop *l);
 
 /* Number of armed timers (for metrics and tests). */

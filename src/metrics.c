@@ -9,19 +9,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "conn.h"
 #include "log.h"
 #include "net.h"
-#include "outq.h"
 
 #define HEAD_MAX 4096
 
 typedef struct mconn {
-    io_watch w;
+    conn c; /* socket, queue, lifetime (conn.h) */
     timer deadline;
-    reap_node reap;
     metrics_srv *srv;
     struct mconn *prev, *next;
-    outq out;
     size_t len;
     bool answered;
     char head[HEAD_MAX];
@@ -36,40 +34,39 @@ struct metrics_srv {
     char unix_path[108]; /* removed at stop; "" for TCP */
 };
 
-static void conn_reap(reap_node *n)
-{
-    mconn *c = (mconn *)((char *)n - offsetof(mconn, reap));
-    free(c);
-}
+static mconn *mconn_of(conn *cc) { return (mconn *)(void *)cc; }
 
-static void conn_close(mconn *c)
+static void mconn_free(conn *cc) { free(mconn_of(cc)); }
+
+static void mconn_closed(conn *cc)
 {
-    if (c->w.fd < 0)
-        return;
-    loop_del(c->srv->l, &c->w);
-    close(c->w.fd);
-    c->w.fd = -1;
+    mconn *c = mconn_of(cc);
     timer_stop(c->srv->l, &c->deadline);
-    outq_clear(&c->out);
     if (c->prev)
         c->prev->next = c->next;
     else
         c->srv->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    loop_reap(c->srv->l, &c->reap, conn_reap);
 }
 
-static void conn_flush(mconn *c)
+/* The answer is out: done (HTTP/1.0, Connection: close). */
+static void mconn_drained(conn *cc)
 {
-    int rc = outq_write(&c->out, c->w.fd);
-    if (rc != 0)
-        conn_close(c); /* sent or failed: either way done */
-    else
-        loop_mod(c->srv->l, &c->w, EPOLLOUT);
+    if (mconn_of(cc)->answered)
+        conn_close(cc);
 }
 
-static void conn_answer(mconn *c)
+static void mconn_read(conn *cc);
+
+static const conn_ops mconn_ops = {
+    .on_read = mconn_read,
+    .on_drained = mconn_drained,
+    .on_close = mconn_closed,
+    .on_free = mconn_free,
+};
+
+static void mconn_answer(mconn *c)
 {
     c->answered = true;
     buf body = BUF_INIT, resp = BUF_INIT;
@@ -87,42 +84,43 @@ static void conn_answer(mconn *c)
                status == 200 ? "text/plain; version=0.0.4" : "text/plain", body.len);
     buf_append(&resp, body.data, body.len);
     rbuf *r = rbuf_from_buf(&resp);
-    outq_push(&c->out, r);
+    conn_push(&c->c, r);
     rbuf_unref(r);
     buf_free(&body);
     buf_free(&resp);
-    conn_flush(c);
+    conn_flush(&c->c);
 }
 
-static void conn_io(loop *l, io_watch *w, uint32_t revents)
+static void mconn_read(conn *cc)
 {
-    (void)l;
-    mconn *c = (mconn *)((char *)w - offsetof(mconn, w));
+    mconn *c = mconn_of(cc);
+    char sink[512];
     if (c->answered) {
-        conn_flush(c);
+        /* Whatever else the peer sends is ignored; EOF or an error ends it. */
+        ssize_t n;
+        while ((n = conn_read(cc, sink, sizeof sink)) > 0)
+            ;
+        if (n == 0 || errno != EAGAIN)
+            conn_close(cc);
         return;
     }
-    if (revents & (EPOLLERR | EPOLLHUP)) {
-        conn_close(c);
-        return;
-    }
-    ssize_t n = read(c->w.fd, c->head + c->len, HEAD_MAX - 1 - c->len);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+    ssize_t n = conn_read(cc, c->head + c->len, HEAD_MAX - 1 - c->len);
+    if (n < 0 && errno == EAGAIN)
         return;
     if (n <= 0) {
-        conn_close(c);
+        conn_close(cc);
         return;
     }
     c->len += (size_t)n;
     c->head[c->len] = '\0';
     if (strstr(c->head, "\r\n\r\n") || strstr(c->head, "\n\n") || c->len == HEAD_MAX - 1)
-        conn_answer(c);
+        mconn_answer(c);
 }
 
-static void conn_deadline(loop *l, timer *t)
+static void mconn_deadline(loop *l, timer *t)
 {
     (void)l;
-    conn_close((mconn *)((char *)t - offsetof(mconn, deadline)));
+    conn_close(&((mconn *)((char *)t - offsetof(mconn, deadline)))->c);
 }
 
 static void listen_io(loop *l, io_watch *w, uint32_t revents)
@@ -135,15 +133,15 @@ static void listen_io(loop *l, io_watch *w, uint32_t revents)
             return;
         mconn *c = xcalloc(1, sizeof *c);
         c->srv = m;
-        c->w.fd = fd;
-        c->w.cb = conn_io;
-        c->deadline.cb = conn_deadline;
+        conn_init(&c->c, l, fd, &mconn_ops, 0);
+        c->deadline.cb = mconn_deadline;
         c->next = m->conns;
         if (m->conns)
             m->conns->prev = c;
         m->conns = c;
-        loop_add(l, &c->w, EPOLLIN);
         timer_start(l, &c->deadline, 5000);
+        if (conn_start(&c->c) < 0)
+            conn_close(&c->c);
     }
 }
 
@@ -170,7 +168,7 @@ void metrics_stop(metrics_srv *m)
     if (!m)
         return;
     while (m->conns)
-        conn_close(m->conns);
+        conn_close(&m->conns->c);
     loop_del(m->l, &m->lw);
     close(m->lw.fd);
     m->lw.fd = -1;

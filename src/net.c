@@ -26,7 +26,9 @@ static int listen_unix(const char *path, char *unix_path, size_t path_cap, const
     struct stat st;
     if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
         unlink(path); /* a stale socket of an earlier run */
-    mode_t old = umask(0);
+    /* Owner and group only (0660): the socket takes requests nobody else
+     * should be able to send. */
+    mode_t old = umask(0117);
     int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
     umask(old);
     if (rc < 0) {

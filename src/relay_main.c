@@ -19,6 +19,7 @@
 
 #include "api.h"
 #include "buf.h"
+#include "conn.h"
 #include "daemon.h"
 #include "envelope.h"
 #include "hub.h"
@@ -36,17 +37,19 @@
 #define HEAD_MAX       8192
 #define READ_CHUNK     16384
 #define CLOSE_LINGER   2000 /* ms to wait for the peer's close after ours */
+/* Stop reading a client while this much waits to be written to it: a client
+ * that sends (pings) but does not read cannot make us queue answers. */
+#define READ_PAUSE     (64u << 10)
 
 enum client_state { C_HANDSHAKE, C_OPEN, C_CLOSING, C_DEAD };
 
 typedef struct client {
-    io_watch w;
-    reap_node reap;
+    conn c; /* socket, queue, lifetime (conn.h) */
     hub_sub sub;
     timer t; /* handshake deadline, ping interval, or close linger */
-    outq out;
     ws_parser parser;
     struct client *prev, *next;
+    struct client *hs_prev, *hs_next; /* on R's handshake list, oldest first */
     char *head; /* the handshake being read; freed once open */
     uint32_t head_len;
     uint8_t state;
@@ -54,16 +57,17 @@ typedef struct client {
     bool paused;       /* a batch with more waits for the queue to drain */
     bool close_after;  /* our close frame (or refusal) is queued: no more data */
     bool await_peer;   /* after it is written, wait for the peer's close or EOF */
+    bool write_shut;   /* our side is shut down; waiting for the peer */
     bool upgraded;
     uint64_t last_rx;
     rbuf *held_101; /* the handshake answer, sent once the start point is set */
-    uint32_t dirty_idx; /* 1 + position in R.dirty while a flush is pending */
 } client;
 
 static struct config {
     daemon_common c;
     const char *listen, *origins;
     unsigned ping_interval, max_message, max_queue, sndbuf, max_clients, handshake_timeout;
+    unsigned max_handshakes;
 } cfg = {
     .c = DAEMON_COMMON_DEFAULTS,
     .listen = "127.0.0.1:9100",
@@ -74,57 +78,77 @@ static struct config {
     .sndbuf = 262144,
     .max_clients = 19000,
     .handshake_timeout = 10,
+    .max_handshakes = 1000,
 };
 
 static struct relay {
     daemon_rt d;
     client *clients;
     size_t nclients, nopen;
+    /* Connections still in their opening handshake, oldest first: at
+     * --max-handshakes the oldest goes, so that clients who open and never
+     * finish (slowloris) cannot take every connection slot. */
+    client *hs_head, *hs_tail;
+    size_t nhandshakes;
     rbuf *ping_frame;
-    /* Clients with frames queued in this loop round: written once, after
-     * every message read in the round was queued (one writev carries as
-     * many frames as arrived meanwhile). */
-    client **dirty;
-    uint32_t ndirty, dirty_cap;
-    reap_node flush_node;
     struct {
         uint64_t accepted, upgrades, refused[6], slow_cutoffs, dead_pings, protocol_errors;
+        uint64_t handshakes_evicted;
         uint64_t frames_out;
     } st;
 } R;
 
-static void client_kill(client *c);
+static client *client_of(conn *cc) { return (client *)(void *)cc; }
 
-/* ---- writing ------------------------------------------------------------------ */
-
-static void client_reap(reap_node *n)
+static void hs_add(client *c)
 {
-    client *c = (client *)((char *)n - offsetof(client, reap));
+    c->hs_next = NULL;
+    c->hs_prev = R.hs_tail;
+    if (R.hs_tail)
+        R.hs_tail->hs_next = c;
+    else
+        R.hs_head = c;
+    R.hs_tail = c;
+    R.nhandshakes++;
+}
+
+/* c leaves the handshake phase (opened, refused or closed). Idempotent. */
+static void hs_del(client *c)
+{
+    if (!c->hs_prev && R.hs_head != c)
+        return;
+    if (c->hs_prev)
+        c->hs_prev->hs_next = c->hs_next;
+    else
+        R.hs_head = c->hs_next;
+    if (c->hs_next)
+        c->hs_next->hs_prev = c->hs_prev;
+    else
+        R.hs_tail = c->hs_prev;
+    c->hs_prev = c->hs_next = NULL;
+    R.nhandshakes--;
+}
+
+/* ---- lifetime (conn.h) and writing ------------------------------------------------ */
+
+static void client_free(conn *cc)
+{
+    client *c = client_of(cc);
     free(c->head);
     rbuf_unref(c->held_101);
     free(c);
 }
 
-static void client_kill(client *c)
+/* The connection is closed: release everything but the memory. */
+static void client_closed(conn *cc)
 {
-    if (c->state == C_DEAD)
-        return;
+    client *c = client_of(cc);
     if (c->upgraded)
         R.nopen--;
+    hs_del(c);
     c->state = C_DEAD;
-    if (c->dirty_idx) {
-        /* Its memory goes in this round's reaping: forget it first. */
-        client *last = R.dirty[--R.ndirty];
-        R.dirty[c->dirty_idx - 1] = last;
-        last->dirty_idx = c->dirty_idx;
-        c->dirty_idx = 0;
-    }
     hub_unsubscribe(R.d.h, &c->sub);
     timer_stop(R.d.l, &c->t);
-    outq_clear(&c->out);
-    loop_del(R.d.l, &c->w);
-    close(c->w.fd);
-    c->w.fd = -1;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -132,50 +156,72 @@ static void client_kill(client *c)
     if (c->next)
         c->next->prev = c->prev;
     R.nclients--;
-    loop_reap(R.d.l, &c->reap, client_reap);
     daemon_maybe_stop(&R.d);
     if (R.nclients < cfg.max_clients * 9 / 10)
         daemon_accept_resume(&R.d);
 }
 
-static void client_flush(client *c)
+static void client_kill(client *c) { conn_close(&c->c); }
+
+static void client_flush(client *c) { conn_flush(&c->c); }
+
+/* Everything queued is written. */
+static void client_drained(conn *cc)
 {
-    int rc = outq_write(&c->out, c->w.fd);
-    if (rc < 0) {
-        client_kill(c);
-        return;
-    }
-    if (rc == 0) {
-        loop_mod(R.d.l, &c->w, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
-        return;
-    }
+    client *c = client_of(cc);
     if (c->close_after) {
+        if (c->write_shut)
+            return;
         if (!c->await_peer) {
-            client_kill(c);
+            conn_close(cc);
             return;
         }
         /* Our close frame is out: stop sending and give the peer a moment
          * to answer with its close (or EOF) before the socket goes. */
-        shutdown(c->w.fd, SHUT_WR);
-        c->await_peer = false;
-        loop_mod(R.d.l, &c->w, EPOLLIN | EPOLLRDHUP);
+        conn_shutdown_write(cc);
+        c->write_shut = true;
         return;
     }
-    loop_mod(R.d.l, &c->w, EPOLLIN | EPOLLRDHUP);
     if (c->paused && c->state == C_OPEN) {
         c->paused = false;
         hub_sub_resume(R.d.h, &c->sub);
     }
 }
 
+static void client_read(conn *cc);
+
+static const conn_ops client_ops = {
+    .on_read = client_read,
+    .on_drained = client_drained,
+    .on_close = client_closed,
+    .on_free = client_free,
+};
+
+static void client_close(client *c, uint16_t code, const char *reason, bool drop_queue,
+                         bool await_peer);
+
+/* Queue frames for an open client: data and control frames alike count
+ * against --max-queue, and a client past it is closed with 1008 (it
+ * resumes with since and loses nothing). Returns false when it was. */
+static bool client_queue(client *c, rbuf *r)
+{
+    if (conn_push(&c->c, r) <= cfg.max_queue)
+        return true;
+    R.st.slow_cutoffs++;
+    log_info("client not reading (%zu bytes queued): closing with 1008", conn_queued(&c->c));
+    client_close(c, WS_CLOSE_POLICY, "too slow: reconnect with since", true, true);
+    return false;
+}
+
 static void release_101(client *c);
 
-static void push_bytes(client *c, const void *p, size_t n)
+static bool push_bytes(client *c, const void *p, size_t n)
 {
     release_101(c); /* nothing may overtake the handshake answer */
     rbuf *r = rbuf_new(p, n);
-    outq_push(&c->out, r);
+    bool ok = client_queue(c, r);
     rbuf_unref(r);
+    return ok;
 }
 
 static void close_linger_cb(loop *l, timer *t)
@@ -194,7 +240,7 @@ static void release_101(client *c)
     timer_stop(R.d.l, &c->t);
     c->t.cb = ping_cb;
     timer_start(R.d.l, &c->t, (uint64_t)cfg.ping_interval * 1000);
-    outq_push(&c->out, c->held_101);
+    conn_push(&c->c, c->held_101);
     rbuf_unref(c->held_101);
     c->held_101 = NULL;
 }
@@ -204,12 +250,13 @@ static void release_101(client *c)
  * await_peer, the peer closed too), or after CLOSE_LINGER at most. */
 static void client_finish(client *c, const void *p, size_t n, bool drop_queue, bool await_peer)
 {
+    hs_del(c);
     c->state = C_CLOSING;
     hub_unsubscribe(R.d.h, &c->sub);
     if (drop_queue)
-        outq_drop_unstarted(&c->out);
+        conn_drop_unstarted(&c->c);
     release_101(c);
-    push_bytes(c, p, n);
+    conn_push_bytes(&c->c, p, n); /* the last bytes: not bounded */
     c->close_after = true;
     c->await_peer = await_peer;
     c->t.cb = close_linger_cb;
@@ -257,34 +304,6 @@ static rbuf *encode_frames(const hub_batch *b)
     return r;
 }
 
-static void flush_dirty(reap_node *n)
-{
-    (void)n;
-    while (R.ndirty) {
-        client *c = R.dirty[--R.ndirty];
-        c->dirty_idx = 0;
-        client_flush(c);
-        if (c->state == C_OPEN && c->paused && c->out.bytes < (size_t)cfg.max_queue / 4) {
-            c->paused = false;
-            hub_sub_resume(R.d.h, &c->sub);
-        }
-    }
-}
-
-static void flush_later(client *c)
-{
-    if (c->dirty_idx)
-        return;
-    if (R.ndirty == R.dirty_cap) {
-        R.dirty_cap = R.dirty_cap ? R.dirty_cap * 2 : 1024;
-        R.dirty = xrealloc(R.dirty, R.dirty_cap * sizeof *R.dirty);
-    }
-    if (!R.ndirty)
-        loop_reap(R.d.l, &R.flush_node, flush_dirty);
-    R.dirty[R.ndirty++] = c;
-    c->dirty_idx = R.ndirty;
-}
-
 static void on_deliver(hub_sub *s, hub_batch *b)
 {
     client *c = (client *)((char *)s - offsetof(client, sub));
@@ -300,19 +319,15 @@ static void on_deliver(hub_sub *s, hub_batch *b)
     }
     R.st.frames_out += b->n + (b->reset ? 1 : 0);
     release_101(c);
-    outq_push(&c->out, frames);
+    bool ok = client_queue(c, frames);
     rbuf_unref(frames);
-    if (c->out.bytes > cfg.max_queue) {
-        /* It does not read: cut it off rather than let it hold memory or
-         * delay the others. It resumes with since and loses nothing. */
-        R.st.slow_cutoffs++;
-        log_info("client not reading (%zu bytes queued): closing with 1008", c->out.bytes);
-        client_close(c, WS_CLOSE_POLICY, "too slow: reconnect with since", true, true);
+    if (!ok)
         return;
-    }
     if (b->more)
         c->paused = true;
-    flush_later(c);
+    /* Written after the round: one writev carries every frame queued for
+     * this client meanwhile. */
+    conn_flush_later(&c->c);
 }
 
 static void on_parked(hub_sub *s)
@@ -342,7 +357,8 @@ static void ping_cb(loop *l, timer *t)
             return;
         }
         c->ping_outstanding = true;
-        outq_push(&c->out, R.ping_frame);
+        if (!client_queue(c, R.ping_frame))
+            return;
         client_flush(c);
         if (c->state != C_OPEN)
             return;
@@ -369,7 +385,8 @@ static void on_frames(client *c, const uint8_t *p, size_t n)
         case WS_EV_PING: {
             uint8_t frame[WS_FRAME_HEADER_MAX + WS_CONTROL_MAX];
             size_t fl = ws_frame_control(frame, WS_OP_PONG, ev.payload, ev.payload_len);
-            push_bytes(c, frame, fl);
+            if (!push_bytes(c, frame, fl))
+                return;
             client_flush(c);
             break;
         }
@@ -472,6 +489,7 @@ static void upgrade(client *c, const ws_request *req)
      * cannot tell within the Redis timeout, open anyway. */
     c->held_101 = rbuf_new(resp, n);
     R.st.upgrades++;
+    hs_del(c);
     c->state = C_OPEN;
     c->upgraded = true;
     R.nopen++;
@@ -480,14 +498,26 @@ static void upgrade(client *c, const ws_request *req)
     c->t.cb = hold_101_cb;
     timer_start(R.d.l, &c->t, cfg.c.redis_timeout);
     hub_sub_init(&c->sub, &ws_ops, true);
-    hub_subscribe(R.d.h, &c->sub, p.channel, p.has_since, p.since, p.epoch);
+    if (hub_subscribe(R.d.h, &c->sub, p.channel, p.has_since, p.since, p.epoch) < 0) {
+        /* Every channel slot has subscribers (--max-channels): 503 before
+         * the 101, as if the upgrade had never been taken. */
+        log_info("refused WebSocket: too many channels (--max-channels)");
+        rbuf_unref(c->held_101);
+        c->held_101 = NULL;
+        c->upgraded = false;
+        R.nopen--;
+        R.st.upgrades--;
+        c->state = C_HANDSHAKE;
+        timer_stop(R.d.l, &c->t);
+        refuse(c, 503);
+    }
 }
 
 static void handshake_read(client *c)
 {
     if (!c->head)
         c->head = xmalloc(HEAD_MAX);
-    ssize_t n = read(c->w.fd, c->head + c->head_len, HEAD_MAX - c->head_len);
+    ssize_t n = conn_read(&c->c, c->head + c->head_len, HEAD_MAX - c->head_len);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n <= 0) {
@@ -521,38 +551,26 @@ static void handshake_read(client *c)
     c->head = NULL;
 }
 
-static void client_io(loop *l, io_watch *w, uint32_t revents)
+static void client_read(conn *cc)
 {
-    (void)l;
-    client *c = (client *)((char *)w - offsetof(client, w));
-    if (revents & EPOLLERR) {
-        client_kill(c);
+    client *c = client_of(cc);
+    if (c->state == C_HANDSHAKE) {
+        handshake_read(c);
         return;
     }
-    if (revents & EPOLLOUT) {
-        client_flush(c);
-        if (c->state == C_DEAD)
+    uint8_t tmp[READ_CHUNK];
+    for (int i = 0; i < 4 && c->state != C_DEAD; i++) {
+        ssize_t n = conn_read(cc, tmp, sizeof tmp);
+        if (n < 0 && errno == EAGAIN)
             return;
-    }
-    if (revents & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) {
-        if (c->state == C_HANDSHAKE) {
-            handshake_read(c);
+        if (n <= 0) {
+            client_kill(c); /* EOF or reset: the peer is gone */
             return;
         }
-        uint8_t tmp[READ_CHUNK];
-        for (int i = 0; i < 4 && c->state != C_DEAD; i++) {
-            ssize_t n = read(c->w.fd, tmp, sizeof tmp);
-            if (n < 0 && (errno == EAGAIN || errno == EINTR))
-                return;
-            if (n <= 0) {
-                client_kill(c); /* EOF or reset: the peer is gone */
-                return;
-            }
-            if (c->state == C_OPEN)
-                on_frames(c, tmp, (size_t)n);
-            if ((size_t)n < sizeof tmp)
-                return;
-        }
+        if (c->state == C_OPEN)
+            on_frames(c, tmp, (size_t)n);
+        if ((size_t)n < sizeof tmp)
+            return;
     }
 }
 
@@ -587,8 +605,7 @@ static void listen_io(loop *l, io_watch *w, uint32_t revents)
             setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sb, sizeof sb);
         }
         client *c = xcalloc(1, sizeof *c);
-        c->w.fd = fd;
-        c->w.cb = client_io;
+        conn_init(&c->c, l, fd, &client_ops, READ_PAUSE);
         c->t.cb = handshake_deadline;
         c->state = C_HANDSHAKE;
         c->next = R.clients;
@@ -597,7 +614,18 @@ static void listen_io(loop *l, io_watch *w, uint32_t revents)
         R.clients = c;
         R.nclients++;
         R.st.accepted++;
-        loop_add(l, &c->w, EPOLLIN | EPOLLRDHUP);
+        if (R.nhandshakes >= cfg.max_handshakes) {
+            R.st.handshakes_evicted++;
+            log_debug("%zu handshakes pending (--max-handshakes): dropping the oldest",
+                      R.nhandshakes);
+            client_kill(R.hs_head);
+        }
+        hs_add(c);
+        if (conn_start(&c->c) < 0) {
+            log_error("epoll_ctl: %s", strerror(errno));
+            client_kill(c);
+            continue;
+        }
         timer_start(l, &c->t, (uint64_t)cfg.handshake_timeout * 1000);
         if (R.nclients >= cfg.max_clients) {
             log_warn("%zu clients (--max-clients): pausing accepts", R.nclients);
@@ -634,6 +662,10 @@ static void render_metrics(buf *o, void *ctx)
                "Clients dropped for not answering pings.", R.st.dead_pings);
     metric_put(o, "pushwire_ws_protocol_errors_total", "counter",
                "Clients closed for protocol errors.", R.st.protocol_errors);
+    metric_put(o, "pushwire_ws_handshakes", "gauge", "Connections in their opening handshake now.",
+               R.nhandshakes);
+    metric_put(o, "pushwire_ws_handshakes_evicted_total", "counter",
+               "Pending handshakes dropped at --max-handshakes.", R.st.handshakes_evicted);
     daemon_metrics(o, R.d.h);
 }
 
@@ -669,6 +701,8 @@ static const opt_def relay_options[] = {
      "connections before accepting pauses (mind the open-file limit)"},
     {"handshake-timeout", "PW_HANDSHAKE_TIMEOUT", OPT_UINT, &cfg.handshake_timeout, 1, 600,
      "SECONDS", "time allowed for the opening handshake"},
+    {"max-handshakes", "PW_MAX_HANDSHAKES", OPT_UINT, &cfg.max_handshakes, 1, 1000000, "N",
+     "connections in their opening handshake at once; past it the oldest is dropped"},
 };
 
 int main(int argc, char **argv)
@@ -704,7 +738,6 @@ int main(int argc, char **argv)
     hub_free(R.d.h);
     R.d.h = NULL;
     rbuf_unref(R.ping_frame);
-    free(R.dirty);
     daemon_finish(&R.d);
     log_info("stopped");
     return rc < 0 ? 1 : 0;

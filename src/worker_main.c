@@ -16,6 +16,7 @@
 #include "api.h"
 #include "broker.h"
 #include "buf.h"
+#include "conn.h"
 #include "daemon.h"
 #include "envelope.h"
 #include "fcgi_proto.h"
@@ -31,6 +32,9 @@
 
 #define SSE_QUEUE_MAX   (4u << 20) /* an EventSource client this far behind is cut off */
 #define SSE_RESUME_MAX  (256u << 10)
+/* Stop reading a connection while this much waits to be written to it (a
+ * peer that sends management records without reading the replies). */
+#define READ_PAUSE      (256u << 10)
 
 enum req_kind { K_NONE, K_POLL, K_SSE, K_PUBLISH, K_HEALTH };
 /* A connection from nginx carries one request at a time: IDLE (kept alive,
@@ -39,21 +43,18 @@ enum req_kind { K_NONE, K_POLL, K_SSE, K_PUBLISH, K_HEALTH };
 enum req_phase { P_IDLE, P_ACTIVE, P_WRITING, P_DONE };
 
 typedef struct req {
-    io_watch w;
-    reap_node reap;
+    conn c; /* socket, queue, lifetime (conn.h); a reply from Redis holds it */
     hub_sub sub;
     timer tmo; /* long-poll timeout, or EventSource heartbeat */
-    outq out;
     fcgi_parser fp;
     struct req *prev, *next;
     uint16_t reqid;
     uint8_t kind;
     uint8_t phase;
     bool keep_conn;    /* nginx keeps the connection for the next request */
-    bool fd_closed;    /* client gone while the broker held the request */
-    bool in_broker;    /* a broker callback will run with this request */
     bool sse_paused;   /* a batch with more waits for the queue to drain */
-    bool no_wait;      /* timeout=0: answer as soon as the poll is up to date */
+    bool no_wait;      /* answer as soon as the poll is up to date (timeout=0, stopping, late) */
+    bool late;         /* past its timeout, waiting for the hub to confirm it is up to date */
     bool sse_head;     /* EventSource headers not sent yet (start point not fixed) */
     char *pub_channel; /* publish: for the answer */
 } req;
@@ -101,11 +102,13 @@ static struct worker {
 
 static void req_close(req *r);
 
-/* ---- responses ---------------------------------------------------------------- */
+static req *req_of(conn *c) { return (req *)(void *)c; }
 
-static void req_reap(reap_node *n)
+/* ---- lifetime (conn.h) and responses -------------------------------------------- */
+
+static void req_free(conn *c)
 {
-    req *r = (req *)((char *)n - offsetof(req, reap));
+    req *r = req_of(c);
     free(r->pub_channel);
     fcgi_parser_free(&r->fp);
     free(r);
@@ -130,11 +133,11 @@ static void count_status(int status)
         W.st.status[k]++;
 }
 
-/* Release everything and free r after the current dispatch batch. */
-static void req_close(req *r)
+/* The connection is closed: release everything but the memory (a publish
+ * or health call still in Redis holds that until its reply). */
+static void req_closed(conn *c)
 {
-    if (r->phase == P_DONE)
-        return;
+    req *r = req_of(c);
     if (r->kind == K_POLL && r->phase == P_ACTIVE)
         W.st.polls_held--;
     if (r->kind == K_SSE)
@@ -145,19 +148,13 @@ static void req_close(req *r)
     if (W.d.h)
         hub_unsubscribe(W.d.h, &r->sub);
     timer_stop(W.d.l, &r->tmo);
-    outq_clear(&r->out);
-    if (!r->fd_closed) {
-        loop_del(W.d.l, &r->w);
-        close(r->w.fd);
-        r->fd_closed = true;
-    }
-    r->w.fd = -1;
     req_unlink(r);
-    loop_reap(W.d.l, &r->reap, req_reap);
     daemon_maybe_stop(&W.d);
     if (W.nreqs < cfg.max_requests * 9 / 10)
         daemon_accept_resume(&W.d);
 }
+
+static void req_close(req *r) { conn_close(&r->c); }
 
 /* The final answer is written: keep the connection for nginx's next
  * request when it asked for that, else close. */
@@ -174,33 +171,35 @@ static void req_done(req *r)
     r->pub_channel = NULL;
     r->kind = K_NONE;
     r->phase = P_IDLE;
-    r->no_wait = r->sse_paused = r->sse_head = false;
+    r->no_wait = r->late = r->sse_paused = r->sse_head = false;
     W.nidle++;
-    loop_mod(W.d.l, &r->w, EPOLLIN | EPOLLRDHUP);
 }
 
-/* Write what is queued; finish when a final answer is fully sent. */
-static void req_flush(req *r)
+/* Write what is queued (on_drained finishes a request whose final answer
+ * is fully sent). */
+static void req_flush(req *r) { conn_flush(&r->c); }
+
+static void req_drained(conn *c)
 {
-    int rc = outq_write(&r->out, r->w.fd);
-    if (rc < 0) {
-        req_close(r);
-        return;
-    }
-    if (rc == 0) {
-        loop_mod(W.d.l, &r->w, EPOLLOUT | EPOLLRDHUP);
-        return;
-    }
+    req *r = req_of(c);
     if (r->phase == P_WRITING) {
         req_done(r);
         return;
     }
-    loop_mod(W.d.l, &r->w, EPOLLIN | EPOLLRDHUP);
-    if (r->kind == K_SSE && r->sse_paused) {
+    if (r->kind == K_SSE && r->sse_paused && r->phase == P_ACTIVE) {
         r->sse_paused = false;
         hub_sub_resume(W.d.h, &r->sub);
     }
 }
+
+static void req_read(conn *c);
+
+static const conn_ops req_ops = {
+    .on_read = req_read,
+    .on_drained = req_drained,
+    .on_close = req_closed,
+    .on_free = req_free,
+};
 
 /* Queue the final answer (complete FastCGI records) and send it. */
 static void req_finish(req *r, rbuf *records, int status)
@@ -210,7 +209,7 @@ static void req_finish(req *r, rbuf *records, int status)
     r->phase = P_WRITING;
     timer_stop(W.d.l, &r->tmo);
     count_status(status);
-    outq_push(&r->out, records);
+    conn_push(&r->c, records);
     req_flush(r);
 }
 
@@ -293,7 +292,7 @@ static void sse_open(req *r)
     fcgi_rec_stdout(&rec, r->reqid, head, sizeof head - 1);
     rbuf *rb = rbuf_from_buf(&rec);
     buf_free(&rec);
-    outq_push(&r->out, rb);
+    conn_push(&r->c, rb);
     rbuf_unref(rb);
     count_status(200);
     timer_start(W.d.l, &r->tmo, cfg.sse_heartbeat * 1000);
@@ -313,8 +312,12 @@ static rbuf *sse_records(uint16_t reqid, const hub_batch *b)
 {
     buf ev = BUF_INIT, rec = BUF_INIT;
     if (b->reset) {
-        buf_puts(&ev, "event: reset\ndata: ");
+        /* Its id is where the replay starts, so that a browser reconnecting
+         * right after it (Last-Event-ID) is neither reset again nor skips
+         * the replay. */
         uint64_t newest = b->n ? b->msgs[b->n - 1]->id : b->newest_id;
+        uint64_t from = b->n ? b->msgs[0]->id - 1 : b->newest_id;
+        buf_printf(&ev, "event: reset\nid: %s:%llu\ndata: ", b->epoch, (unsigned long long)from);
         env_push_reset(&ev, b->channel, b->epoch, newest);
         buf_puts(&ev, "\n\n");
     }
@@ -358,24 +361,24 @@ static void on_deliver(hub_sub *s, hub_batch *b)
     } else {
         rec = sse_records(r->reqid, b);
     }
-    outq_push(&r->out, rec);
+    size_t queued = conn_push(&r->c, rec);
     rbuf_unref(rec);
-    if (r->out.bytes > SSE_QUEUE_MAX) {
+    if (queued > SSE_QUEUE_MAX) {
         W.st.sse_cutoffs++;
-        log_info("EventSource client too slow (%zu bytes queued): closing", r->out.bytes);
+        log_info("EventSource client too slow (%zu bytes queued): closing", queued);
         req_close(r); /* memory freed after the batch, as hub.h asks */
         return;
     }
     if (b->more)
         r->sse_paused = true;
     req_flush(r);
-    if (r->phase == P_ACTIVE && r->sse_paused && r->out.bytes < SSE_RESUME_MAX) {
+    if (r->phase == P_ACTIVE && r->sse_paused && conn_queued(&r->c) < SSE_RESUME_MAX) {
         r->sse_paused = false;
         hub_sub_resume(W.d.h, &r->sub);
     }
 }
 
-static void poll_timeout_answer(req *r);
+static bool poll_answer_idle(req *r);
 
 static void on_parked(hub_sub *s)
 {
@@ -384,25 +387,26 @@ static void on_parked(hub_sub *s)
         sse_open(r);
         req_flush(r);
     } else if (r->no_wait && r->phase == P_ACTIVE) {
-        poll_timeout_answer(r);
+        poll_answer_idle(r);
     }
 }
 
 static const hub_sub_ops poll_ops = {.deliver = on_deliver, .parked = on_parked};
 
-/* Answer a held long-poll that saw nothing new: the newest message, no
- * messages. The answer is the same for every request of the channel until
- * the channel moves on, so the last one is kept. */
-static void poll_timeout_answer(req *r)
+/* Answer a held long-poll that saw nothing new, if the hub confirms it has
+ * everything up to the channel's newest message: that message's id and
+ * content, no messages. Otherwise (its read is still in flight, Redis is
+ * slow or unreachable) answering with the newest id would move the client
+ * past messages it never got: return false and keep it. The answer is the
+ * same for every request of the channel until the channel moves on, so the
+ * last one is kept. */
+static bool poll_answer_idle(req *r)
 {
     const char *epoch;
     uint64_t newest;
     const rbuf *json;
-    if (!hub_current(&r->sub, &epoch, &newest, &json)) {
-        hub_unsubscribe(W.d.h, &r->sub);
-        req_unavailable(r, "Redis is unreachable; retry later");
-        return;
-    }
+    if (!hub_sub_idle(&r->sub, &epoch, &newest, &json))
+        return false;
     char name[PW_CHANNEL_MAX + 1];
     snprintf(name, sizeof name, "%s", hub_sub_channel(&r->sub));
     hub_unsubscribe(W.d.h, &r->sub);
@@ -424,6 +428,23 @@ static void poll_timeout_answer(req *r)
     W.st.poll_timeouts++;
     req_finish(r, rec, 200);
     rbuf_unref(rec);
+    return true;
+}
+
+/* The poll's time is up: answer it if it is up to date; else give the hub
+ * up to the Redis timeout more (answering the moment it is), then 503 with
+ * Retry-After: the client polls again from the same since. */
+static void poll_timeout(req *r)
+{
+    if (poll_answer_idle(r))
+        return;
+    if (!r->late) {
+        r->late = r->no_wait = true;
+        timer_start(W.d.l, &r->tmo, cfg.c.redis_timeout);
+        return;
+    }
+    hub_unsubscribe(W.d.h, &r->sub);
+    req_unavailable(r, "Redis is unreachable or too slow; retry later");
 }
 
 static void tmo_cb(loop *l, timer *t)
@@ -432,7 +453,7 @@ static void tmo_cb(loop *l, timer *t)
     if (r->phase != P_ACTIVE)
         return;
     if (r->kind == K_POLL) {
-        poll_timeout_answer(r);
+        poll_timeout(r);
         return;
     }
     if (r->sse_head) {
@@ -445,7 +466,7 @@ static void tmo_cb(loop *l, timer *t)
     fcgi_rec_stdout(&rec, r->reqid, ": hb\n\n", 6);
     rbuf *hb = rbuf_from_buf(&rec);
     buf_free(&rec);
-    outq_push(&r->out, hb);
+    conn_push(&r->c, hb);
     rbuf_unref(hb);
     req_flush(r);
     if (r->phase == P_ACTIVE)
@@ -476,24 +497,26 @@ static void handle_poll(req *r, const api_http *http)
         r->sse_head = true;
         W.st.sse_streams++;
         timer_start(W.d.l, &r->tmo, cfg.c.redis_timeout);
-        hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch);
+        if (hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch) < 0)
+            req_unavailable(r, "this worker follows too many channels (--max-channels); retry later");
         return;
     }
     r->kind = K_POLL;
     r->no_wait = p.timeout == 0;
+    r->late = p.timeout == 0; /* its timer below is already the grace period */
     W.st.polls_held++;
     /* With timeout=0 the answer comes when the poll is up to date (on_parked)
      * or, if Redis cannot tell, a 503 after the Redis timeout. */
     timer_start(W.d.l, &r->tmo, p.timeout ? (uint64_t)p.timeout * 1000 : cfg.c.redis_timeout);
-    hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch);
+    if (hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch) < 0)
+        req_unavailable(r, "this worker follows too many channels (--max-channels); retry later");
 }
 
 static void publish_done(void *arg, const broker_pub_result *res)
 {
     req *r = arg;
-    r->in_broker = false;
-    if (r->fd_closed) {
-        req_close(r); /* the client left; nothing to answer */
+    if (conn_is_closed(&r->c)) {
+        conn_release(&r->c); /* the client left; nothing to answer */
         return;
     }
     if (res->err) {
@@ -501,6 +524,7 @@ static void publish_done(void *arg, const broker_pub_result *res)
         req_unavailable(r, res->err == BROKER_EUNAVAIL ? "Redis is unreachable; retry with the "
                                                          "same Idempotency-Key"
                                                        : "Redis refused the message; retry later");
+        conn_release(&r->c);
         return;
     }
     if (res->duplicate)
@@ -511,6 +535,7 @@ static void publish_done(void *arg, const broker_pub_result *res)
     env_publish_ok(&body, res->id, r->pub_channel, res->epoch);
     req_json(r, 200, &body, NULL);
     buf_free(&body);
+    conn_release(&r->c);
 }
 
 static void handle_publish(req *r, const api_http *http, bool too_large)
@@ -543,7 +568,8 @@ static void handle_publish(req *r, const api_http *http, bool too_large)
                             publish_done, r);
     buf_free(&json);
     api_publish_free(&p);
-    r->in_broker = rc == 0;
+    if (rc == 0)
+        conn_hold(&r->c); /* publish_done releases it */
     if (rc < 0) {
         W.st.publishes_failed++;
         req_unavailable(r, "Redis is unreachable; retry with the same Idempotency-Key");
@@ -589,12 +615,9 @@ static void health_answer(req *r, bool redis_ok, const broker_procs_result *pr)
 static void health_done(void *arg, const broker_procs_result *res)
 {
     req *r = arg;
-    r->in_broker = false;
-    if (r->fd_closed) {
-        req_close(r);
-        return;
-    }
-    health_answer(r, res->err == BROKER_OK, res->err == BROKER_OK ? res : NULL);
+    if (!conn_is_closed(&r->c))
+        health_answer(r, res->err == BROKER_OK, res->err == BROKER_OK ? res : NULL);
+    conn_release(&r->c);
 }
 
 static void handle_health(req *r)
@@ -604,7 +627,7 @@ static void handle_health(req *r)
         health_answer(r, false, NULL);
         return;
     }
-    r->in_broker = true;
+    conn_hold(&r->c); /* health_done releases it */
 }
 
 /* ---- connections from nginx ----------------------------------------------------- */
@@ -654,38 +677,29 @@ static void dispatch(req *r)
         fcgi_parser_next(fp);
 }
 
-/* The client (or nginx) went away. */
+/* The client (or nginx) went away: close now; a reply still in Redis
+ * finds the request closed (conn_hold keeps its memory). */
 static void req_gone(req *r)
 {
     if (r->phase == P_ACTIVE)
         W.st.client_aborts++;
-    if (r->in_broker) {
-        /* The broker still holds r: close the socket now, free later. */
-        loop_del(W.d.l, &r->w);
-        close(r->w.fd);
-        r->fd_closed = true;
-        return;
-    }
     req_close(r);
 }
 
-static void req_read(req *r)
+static void req_read(conn *c)
 {
+    req *r = req_of(c);
     uint8_t data[65536];
     for (;;) {
-        ssize_t n = read(r->w.fd, data, sizeof data);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                return;
-            req_gone(r);
+        ssize_t n = conn_read(c, data, sizeof data);
+        if (n < 0 && errno == EAGAIN)
             return;
-        }
-        if (n == 0) {
-            req_gone(r); /* EOF: nginx closed the connection */
+        if (n <= 0) {
+            req_gone(r); /* EOF (nginx closed the connection) or an error */
             return;
         }
         size_t off = 0;
-        while (off < (size_t)n && r->phase != P_DONE && !r->fd_closed) {
+        while (off < (size_t)n && !conn_is_closed(c)) {
             fcgi_ev ev;
             off += fcgi_parser_feed(&r->fp, data + off, (size_t)n - off, &ev);
             switch (ev.type) {
@@ -704,7 +718,7 @@ static void req_read(req *r)
                 return;
             case FCGI_EV_MANAGEMENT: {
                 rbuf *rb = rbuf_new(ev.reply, ev.reply_len);
-                outq_push(&r->out, rb);
+                conn_push(c, rb);
                 rbuf_unref(rb);
                 req_flush(r);
                 break;
@@ -715,22 +729,9 @@ static void req_read(req *r)
                 return;
             }
         }
-        if (r->phase == P_DONE || r->fd_closed || (size_t)n < sizeof data)
+        if (conn_is_closed(c) || (size_t)n < sizeof data)
             return;
     }
-}
-
-static void req_io(loop *l, io_watch *w, uint32_t revents)
-{
-    (void)l;
-    req *r = (req *)((char *)w - offsetof(req, w));
-    if (revents & EPOLLOUT) {
-        req_flush(r);
-        if (r->phase == P_DONE)
-            return;
-    }
-    if (revents & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP))
-        req_read(r); /* finds the EOF or error itself */
 }
 
 static void accept_some(void)
@@ -747,8 +748,7 @@ static void accept_some(void)
             return;
         }
         req *r = xcalloc(1, sizeof *r);
-        r->w.fd = fd;
-        r->w.cb = req_io;
+        conn_init(&r->c, W.d.l, fd, &req_ops, READ_PAUSE);
         r->tmo.cb = tmo_cb;
         r->phase = P_IDLE;
         fcgi_parser_init(&r->fp, 65536, W.max_body);
@@ -758,14 +758,14 @@ static void accept_some(void)
         W.reqs = r;
         W.nreqs++;
         W.nidle++;
-        if (loop_add(W.d.l, &r->w, EPOLLIN | EPOLLRDHUP) < 0) {
+        if (conn_start(&r->c) < 0) {
             log_error("epoll_ctl: %s", strerror(errno));
             req_close(r);
             continue;
         }
         /* nginx writes the request right after connecting: it is usually
          * here already, and reading now saves a trip through epoll. */
-        req_read(r);
+        req_read(&r->c);
         if (W.nreqs >= cfg.max_requests && W.d.accepting) {
             log_warn("%zu connections open (--max-requests): pausing accepts", W.nreqs);
             daemon_accept_pause(&W.d, 0);
@@ -847,14 +847,10 @@ static void on_stop(const char *why)
         if (r->phase != P_ACTIVE)
             continue;
         if (r->kind == K_POLL) {
-            /* Answer now what can be answered; a poll whose channel is
-             * still syncing is answered when it parks (on_parked). */
-            const char *e;
-            uint64_t n;
-            const rbuf *j;
+            /* Answer now what is up to date; the others are answered when
+             * they are (on_parked), or with 503 when the grace is over. */
             r->no_wait = true;
-            if (hub_current(&r->sub, &e, &n, &j))
-                poll_timeout_answer(r);
+            poll_answer_idle(r);
         } else if (r->kind == K_SSE) {
             hub_unsubscribe(W.d.h, &r->sub);
             sse_open(r);

@@ -186,3 +186,37 @@ def test_message_published_right_after_open_is_delivered(sse_stack):
         s.publish("right after open %d" % i, channel=ch)
         assert [e["json"]["content"] for e in r.events(1)] == ["right after open %d" % i]
         r.close()
+
+
+def test_reset_event_carries_the_position_to_resume_from(sse_stack):
+    """Found on main: a reset with no messages carried no id:, so the browser
+    kept sending its old Last-Event-ID and was reset on every reconnect. The
+    reset event's id is where the replay starts (the newest id when nothing
+    is retained); reconnecting with it is not reset again."""
+    s = sse_stack
+    ch = unique_channel("sse")
+    r = SseReader(s, "channel=" + ch, last_event_id="0000000000000000:7")
+    r.headers()
+    ev = r.events(1)[0]
+    r.close()
+    assert ev["event"] == "reset" and ev["json"]["id"] == 0, ev
+    epoch = ev["json"]["epoch"]
+    assert ev.get("id") == "%s:0" % epoch, ev
+    # The browser reconnects with that id: not reset, and gets what follows.
+    r = SseReader(s, "channel=" + ch, last_event_id=ev["id"])
+    r.headers()
+    wait_for(lambda: sum(s.metrics(i)["pushwire_eventsource_streams"] for i in range(2)) >= 1)
+    time.sleep(0.2)
+    s.publish("after", channel=ch)
+    ev2 = r.events(1)[0]
+    r.close()
+    assert ev2.get("event") != "reset" and ev2["json"]["content"] == "after", ev2
+    # A reset with a replay: its id is just before the first replayed message,
+    # so a drop right after the reset event loses none of them.
+    s.publish("two", channel=ch)
+    r = SseReader(s, "channel=" + ch, last_event_id="0000000000000000:1")
+    r.headers()
+    evs = r.events(3)
+    r.close()
+    assert evs[0]["event"] == "reset" and evs[0]["id"] == "%s:0" % epoch, evs[0]
+    assert [e["json"]["content"] for e in evs[1:]] == ["after", "two"]

@@ -2,6 +2,9 @@
 import json
 import os
 import signal
+import socket
+import struct
+import subprocess
 import threading
 import time
 
@@ -238,3 +241,146 @@ def test_nginx_own_errors_on_status_and_ws_are_json_503(fresh_stack):
         st, h, b = s.request("GET", path)
         assert st == 503 and json.loads(b)["error"] and h["Retry-After"] == "1", (path, st, b)
     s.start_worker(0)
+
+
+@pytest.mark.stack(workers=1, worker_args=["--redis-timeout", "1000"])
+def test_poll_waiting_for_history_is_never_answered_past_it(fresh_stack):
+    """Found on main: a poll whose history read was still in Redis when its
+    time was up (timeout=0 while Redis stalls, a SIGTERM during catch-up)
+    was answered {"id": NEWEST, "messages": []}: the client moved its cursor
+    past messages it never got. Now it gets them, or a 503 to retry from the
+    same since."""
+    s = fresh_stack
+    ch = unique_channel("cu")
+    for i in range(100):  # more than the worker's ring of recent messages
+        assert s.publish("m%d" % i, channel=ch)[0] == 200
+    # A held poll keeps the channel synced in the worker.
+    keep = Poller(s, channel=ch, since=100, timeout=60)
+    keep.start()
+    wait_for(lambda: s.held() >= 1, what="the held poll")
+    s.redis.send(signal.SIGSTOP)
+    try:
+        st, h, b = s.get("/status?channel=%s&since=2&timeout=0" % ch, timeout=30)
+        doc = json.loads(b)
+        assert st == 503 and h.get("Retry-After"), (st, doc)
+        st, h, b = s.get("/status?channel=%s&since=2&timeout=1" % ch, timeout=30)
+        doc = json.loads(b)
+        assert st == 503 and h.get("Retry-After"), (st, doc)
+    finally:
+        s.redis.send(signal.SIGCONT)
+    wait_for(lambda: s.all_redis_up(), timeout=15, what="the worker to reach Redis")
+    st, doc, _ = s.poll(channel=ch, since=2, timeout=0)
+    assert st == 200 and [m["content"] for m in doc["messages"]][:2] == ["m2", "m3"], doc
+    # SIGTERM while polls wait for their reads: they are answered with their
+    # messages or 503, never "nothing new" at the newest id.
+    s.redis.send(signal.SIGSTOP)
+    pollers = [Poller(s, channel=ch, since=k, timeout=30) for k in (1, 5, 9)]
+    for p in pollers:
+        p.start()
+    time.sleep(0.5)
+    s.workers[0].send(signal.SIGTERM)
+    time.sleep(0.5)
+    s.redis.send(signal.SIGCONT)
+    for p in pollers + [keep]:
+        p.join(20)
+        st, doc, _ = p.result
+        assert st == 503 or (st == 200 and (doc["messages"] or doc["id"] == p.kw["since"])), \
+            (p.kw, st, doc)
+    s.workers[0].stop()
+    s.start_worker(0)
+
+
+@pytest.mark.stack(workers=1)
+def test_connection_closed_while_its_publish_is_in_redis(fresh_stack):
+    """Found on main: a request closed by a protocol error or by a second
+    request on the same FastCGI connection, while its publish (or /healthz
+    call) was still in Redis, was freed, and the reply wrote freed memory
+    (ASan: heap-use-after-free; the stack's log check fails on it). Now the
+    worker survives, and every publish that Redis stored is stored once."""
+    s = fresh_stack
+    ch = unique_channel("uaf")
+    sock = s.worker_sock(0)
+    after = {
+        "second request": fcgi._record(fcgi.BEGIN_REQUEST, 2, struct.pack(">HB5x", 1, 1)),
+        "bad record": b"\x07\x01\x00\x01\x00\x00\x00\x00",  # version 7
+        "truncated": b"\x01",
+    }
+    s.redis.send(signal.SIGSTOP)  # keep the publishes and health calls in Redis
+    try:
+        conns = []
+        for name, tail in after.items():
+            for uri, body in (("/chat", b"content=" + name.encode() + b"&channel=" + ch.encode()),
+                              ("/healthz", b"")):
+                r = fcgi.FcgiRequest(sock, "POST" if body else "GET", uri, body=body,
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+                r.s.sendall(tail)
+                if name == "truncated":
+                    r.s.shutdown(socket.SHUT_WR)
+                conns.append(r)
+        time.sleep(0.5)
+    finally:
+        s.redis.send(signal.SIGCONT)
+    time.sleep(1.0)
+    for r in conns:
+        r.close()
+    assert s.workers[0].alive(), "the worker died"
+    wait_for(lambda: s.all_redis_up(), what="the worker to be up")
+    st, doc, _ = s.poll(channel=ch, since=0, timeout=0)
+    got = sorted(m["content"] for m in doc["messages"])
+    assert len(got) == len(set(got)) and set(got) <= set(after), got
+    # The log check when the stack stops (fresh_stack) finds any ASan report.
+
+
+def _unix_get(path, timeout=10):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    finally:
+        s.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a mount namespace for resolv.conf)")
+def test_a_name_server_that_never_answers_does_not_freeze_the_loop(tmp_path):
+    """Found on main: every Redis (re)connect looked the host name up with a
+    blocking getaddrinfo inside the event loop; with the name server silent
+    (in compose: Redis's container gone) the worker froze for seconds on
+    every attempt. Now lookups run off the loop: it keeps answering."""
+    from stack import BUILD
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.bind(("127.0.0.2", 53))  # takes queries, answers none
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.2\noptions timeout:3 attempts:1\n")
+    sock, msock = str(tmp_path / "w.sock"), str(tmp_path / "m.sock")
+    argv = ["unshare", "-m", "--", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+            str(resolv), os.path.join(BUILD, "pushwire-worker"), "--listen", "unix:" + sock,
+            "--metrics", "unix:" + msock, "--redis", "redis://redis.invalid-host.test:6379",
+            "--redis-timeout", "1000"]
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:exitcode=66")
+    log = open(tmp_path / "worker.log", "wb")
+    p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: os.path.exists(msock), what="the worker's metrics socket")
+        worst, t_end = 0.0, time.monotonic() + 8
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            assert b"pushwire_redis_up" in _unix_get(msock)
+            worst = max(worst, time.monotonic() - t0)
+            time.sleep(0.1)
+        print("\n  worst metrics answer while Redis's name does not resolve: %.3f s" % worst)
+        assert worst < 1.0, "the worker's loop stalled %.1f s" % worst
+        # The lookup's failure is reported, and the worker keeps retrying.
+        text = (tmp_path / "worker.log").read_text()
+        assert "redis.invalid-host.test" in text, text[-2000:]
+    finally:
+        p.terminate()
+        rc = p.wait(15)
+        dns.close()
+    assert rc == 0, (tmp_path / "worker.log").read_text()[-3000:]

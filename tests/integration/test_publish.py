@@ -186,6 +186,23 @@ def test_idempotency_key_stores_once(stack):
     assert [m["content"] for m in msgs] == ["once", "other"]
 
 
+def test_idempotency_keys_of_different_channels_never_collide(stack):
+    """Channel "a" with key "b:c" and channel "a:b" with key "c" are two
+    publishes (':' is legal in both): the second is stored in its own
+    channel, not answered with the first one's id."""
+    a = unique_channel("ik")
+    st1, d1 = stack.publish("in a", channel=a, idem="b:c")
+    st2, d2 = stack.publish("in a:b", channel=a + ":b", idem="c")
+    assert st1 == st2 == 200 and d2["channel"] == a + ":b", (d1, d2)
+    st, doc, _ = stack.poll(channel=a + ":b", since=0, timeout=0)
+    assert [m["content"] for m in doc["messages"]] == ["in a:b"], doc
+    assert d2["id"] == doc["id"] == 1 and d2["epoch"] == doc["epoch"]
+    # Keys with slashes (legal too) stay per channel as well.
+    st3, d3 = stack.publish("slash", channel=a, idem="x/y")
+    st4, d4 = stack.publish("slash", channel=a, idem="x/y")
+    assert st3 == st4 == 200 and d3 == d4 and d3["id"] == 2
+
+
 @pytest.mark.parametrize("key", ["a" * 129, "has space", "tab\tkey"])
 def test_bad_idempotency_key_is_400(stack, key):
     st, h, b = stack.request("POST", "/chat", b"content=x",
@@ -234,3 +251,35 @@ def test_nginx_allow_list_restricts_publishing(fresh_stack):
     assert st == 403 and doc["error"] == "forbidden"
     st, doc, _ = fresh_stack.poll(since=0, timeout=0)
     assert st == 200 and doc["messages"] == []
+
+
+@pytest.mark.parametrize("what", ["one 64 KiB header line", "forty 4 KB headers", "a 64 KiB URI"])
+def test_oversized_request_heads_get_json_errors(stack, what):
+    """Found on main: nginx answered a header line past its buffers with its
+    own HTML page; every error is JSON."""
+    import socket
+    req = {
+        "one 64 KiB header line": b"GET /status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 65536 +
+                                  b"\r\n\r\n",
+        "forty 4 KB headers": b"GET /status HTTP/1.1\r\nHost: x\r\n" +
+                              b"".join(b"X-%d: %s\r\n" % (i, b"b" * 4000) for i in range(40)) +
+                              b"\r\n",
+        "a 64 KiB URI": b"GET /status?x=" + b"a" * 65536 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    }[what]
+    c = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+    c.sendall(req)
+    data = b""
+    try:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            data += d
+    except ConnectionResetError:
+        pass
+    c.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    assert status in (414, 431), head
+    assert b"content-type: application/json" in head.lower(), head
+    assert json.loads(body)["error"]

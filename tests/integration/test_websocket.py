@@ -1135,3 +1135,56 @@ def test_ws_clients_gauge_follows_open_clients(ws_stack):
                              what="no client left")
 
     run(main())
+
+
+def rss_mb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+@pytest.mark.parametrize("via_nginx", [False, True])
+def test_ping_flood_from_a_client_that_never_reads(slow_stack, via_nginx):
+    """Found on main: one client sending pings without reading grew the
+    relay by 650 MB in 15 s (pongs were queued past --max-queue, and the
+    relay kept reading from a client whose output was blocked). Now the
+    relay stops reading it while its answers wait: memory stays flat, and
+    others are served meanwhile."""
+    s = slow_stack
+    port = s.port if via_nginx else s.relay_ports[0]
+    ch = unique_channel("pf")
+    pid = s.relays[0].pid
+    before = rss_mb(pid)
+    ws = RawWS.open(port, path="/status?channel=" + ch, rcvbuf=4096)
+    ws.sock.setblocking(False)
+    ping = encode_frame(OP_PING, b"flood-0123456789")
+    chunk = ping * 4096
+    sent, peak, pending = 0, before, b""
+    t0 = time.monotonic()
+    other = RawWS.open(s.relay_ports[0], path="/status?channel=" + ch)
+    try:
+        while time.monotonic() - t0 < 8:
+            pending = pending or chunk  # whole frames only: a cut one is a protocol error
+            try:
+                n = ws.sock.send(pending)
+                sent += n
+                pending = pending[n:]
+            except (BlockingIOError, InterruptedError):
+                time.sleep(0.01)
+            except OSError:
+                break  # the relay closed it: acceptable too
+            peak = max(peak, rss_mb(pid))
+        assert gauge(s, "pushwire_ws_protocol_errors_total") == 0
+        # Everyone else is still served.
+        st, doc = s.publish("still here", channel=ch)
+        assert st == 200
+        f = other.recv_frame(timeout=10)
+        assert json.loads(f.payload)["content"] == "still here"
+    finally:
+        ws.close()
+        other.close()
+    print("\n  ping flood (%s): %.1f MB of pings sent in 8 s; relay RSS %.1f -> peak %.1f MB" % (
+        "via nginx" if via_nginx else "direct", sent / 1e6, before, peak))
+    assert peak - before < 40, "the relay grew %.1f MB under a ping flood" % (peak - before)

@@ -1,0 +1,32 @@
+-- publish.lua - store and publish one message, atomically (after lib.lua).
+--
+-- KEYS: 1 server, 2 channel meta, 3 channel stream, 4 idempotency key.
+-- ARGV: 1-3 gen_of, 4 fresh ep, 5 ttl (seconds), 6 content (a JSON string
+--       literal), 7 history (messages kept), 8 pub/sub channel,
+--       9 "1" to use the idempotency key, 10 its ttl (seconds).
+-- Returns {epoch, id, duplicate}: duplicate is 1 when the idempotency key
+-- was seen within its ttl, and then nothing was stored or published.
+-- The pub/sub payload is "EPOCH ID TIME CONTENT" (envelope.h).
+local gen = gen_of(KEYS[1])
+if ARGV[9] == '1' then
+  local prev = redis.call('GET', KEYS[4])
+  if prev then
+    local sp = string.find(prev, ' ', 1, true)
+    return {string.sub(prev, 1, sp - 1), tonumber(string.sub(prev, sp + 1)), 1}
+  end
+end
+local seq, ep = meta_of(ARGV[5])
+seq = seq + 1
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[2], 'seq', seq)
+local sseq, sms = string.format('%d', seq), string.format('%d', ms)
+redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[7], sseq .. '-0', 't', sms, 'c', ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+local epoch = gen .. ep
+redis.call('PUBLISH', ARGV[8], epoch .. ' ' .. sseq .. ' ' .. sms .. ' ' .. ARGV[6])
+if ARGV[9] == '1' then
+  redis.call('SET', KEYS[4], epoch .. ' ' .. sseq, 'EX', ARGV[10])
+end
+return {epoch, seq, 0}

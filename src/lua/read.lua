@@ -1,0 +1,55 @@
+-- read.lua - a channel's state and the messages after a position (after
+-- lib.lua). The reset rules are SPEC.md's: a client is reset when it names
+-- another epoch, or since is ahead of the newest id, or older than the
+-- oldest retained message minus one; it then gets the retained history.
+--
+-- KEYS: 1 server, 2 channel meta, 3 channel stream.
+-- ARGV: 1-3 gen_of, 4 fresh ep, 5 ttl of a channel nobody published to,
+--       6 "1" when since is given, 7 since, 8 the client's epoch ("" for
+--       none), 9 byte budget of the messages (at least one is returned).
+-- Returns {epoch, newest, reset, more, newest_time, newest_content,
+--          id1, time1, content1, ...}: more is 1 when the budget stopped
+--          the list short of newest.
+local gen = gen_of(KEYS[1])
+local seq, ep = meta_of(ARGV[5])
+-- Nobody published yet: the state lives on while it is read, and goes
+-- ARGV[5] seconds after the last read (polls to random names cost Redis
+-- only that long).
+if seq == 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+local epoch = gen .. ep
+local out = {epoch, seq, 0, 0, 0, ''}
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+if last[1] and tonumber(string.match(last[1][1], '^%d+')) == seq then
+  out[5] = tonumber(last[1][2][2]); out[6] = last[1][2][4]
+end
+local oldest = seq + 1
+local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+if first[1] then oldest = tonumber(string.match(first[1][1], '^%d+')) end
+local has_since = ARGV[6] == '1'
+local since = tonumber(ARGV[7]) or 0
+if (ARGV[8] ~= '' and ARGV[8] ~= epoch) or
+   (has_since and (since > seq or since < oldest - 1)) then
+  out[3] = 1; since = oldest - 1
+elseif not has_since then
+  return out
+end
+if since >= seq then return out end
+local budget = tonumber(ARGV[9])
+local used, n = 0, 0
+local cursor = since + 1
+while true do
+  local batch = redis.call('XRANGE', KEYS[3], string.format('%d', cursor) .. '-0', '+', 'COUNT', 128)
+  for i = 1, #batch do
+    local e = batch[i]
+    local c = e[2][4]
+    local cost = #c + 48
+    if n > 0 and used + cost > budget then out[4] = 1; return out end
+    used = used + cost; n = n + 1
+    out[#out + 1] = tonumber(string.match(e[1], '^%d+'))
+    out[#out + 1] = tonumber(e[2][2])
+    out[#out + 1] = c
+  end
+  if #batch < 128 then break end
+  cursor = tonumber(string.match(batch[#batch][1], '^%d+')) + 1
+end
+return out

@@ -1,0 +1,245 @@
+"""The Lua scripts of src/lua/ run directly on a real Redis, argument by
+argument, exactly as broker.c calls them (lib.lua in front of publish.lua and
+read.lua, as the Makefile embeds them): ids, history cap, idempotency, the
+pub/sub payload, server generations, channel incarnations, every reset rule
+of SPEC.md, the byte budget, heartbeats."""
+import os
+import socket
+import time
+
+import pytest
+
+from stack import ROOT, Proc, free_port, wait_for
+
+LUA = os.path.join(ROOT, "src", "lua")
+
+
+def script(*names):
+    return "".join(open(os.path.join(LUA, n)).read() for n in names)
+
+
+PUBLISH = script("lib.lua", "publish.lua")
+READ = script("lib.lua", "read.lua")
+HEARTBEAT = script("heartbeat.lua")
+PROCS = script("procs.lua")
+
+
+class Resp:
+    """A minimal RESP2 client: enough for EVAL and pub/sub."""
+
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def send(self, *args):
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        self.s.sendall(out)
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.s.recv(65536)
+            assert chunk, "connection closed"
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def _exact(self, n):
+        while len(self.buf) < n + 2:
+            chunk = self.s.recv(65536)
+            assert chunk, "connection closed"
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n + 2:]
+        return data
+
+    def reply(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self._exact(n).decode()
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.reply() for _ in range(n)]
+        raise AssertionError("bad reply %r" % line)
+
+    def cmd(self, *args):
+        self.send(*args)
+        return self.reply()
+
+    def close(self):
+        self.s.close()
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lua")
+    port = free_port()
+    p = Proc("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                       "--appendonly", "no", "--dir", str(d)], str(d / "redis.log")).start()
+    wait_for(lambda: Resp(port).cmd("PING") == "PONG", what="redis")
+    r = Resp(port)
+    r.port = port
+    yield r
+    r.close()
+    p.stop()
+
+
+N = [0]
+
+
+def keys():
+    N[0] += 1
+    c = "c%d" % N[0]
+    return {"srv": "t:server", "meta": "t:ch:" + c, "hist": "t:h:" + c, "idem": "t:idem:" + c,
+            "pubch": "t:msg:" + c}
+
+
+def publish(r, k, content, runid="run1", lossless="0", gen="gen00001", ep="ep000001", ttl=100,
+            history=5, idem=None, idem_ttl=600):
+    return r.cmd("EVAL", PUBLISH, 4, k["srv"], k["meta"], k["hist"], k["idem"] + "/" + (idem or ""),
+                 runid, lossless, gen, ep, ttl, '"%s"' % content, history, k["pubch"],
+                 "1" if idem else "0", idem_ttl)
+
+
+def read(r, k, since=None, epoch="", budget=1 << 20, runid="run1", lossless="0", gen="gen00001",
+         ep="ep000002", ttl=300):
+    out = r.cmd("EVAL", READ, 3, k["srv"], k["meta"], k["hist"], runid, lossless, gen, ep, ttl,
+                "1" if since is not None else "0", since or 0, epoch, budget)
+    head = {"epoch": out[0], "newest": int(out[1]), "reset": out[2] == 1, "more": out[3] == 1,
+            "newest_time": int(out[4]), "newest_content": out[5]}
+    ents = [(int(out[i]), int(out[i + 1]), out[i + 2]) for i in range(6, len(out), 3)]
+    return head, ents
+
+
+def test_publish_assigns_consecutive_ids_and_caps_history(redis):
+    r, k = redis, keys()
+    r.cmd("DEL", k["srv"])
+    got = [publish(r, k, "m%d" % i) for i in range(8)]
+    assert [g[1] for g in got] == list(range(1, 9))
+    assert {g[0] for g in got} == {"gen00001ep000001"}  # generation + incarnation
+    assert all(g[2] == 0 for g in got)
+    assert r.cmd("XLEN", k["hist"]) == 5  # history=5
+    assert r.cmd("HGET", k["meta"], "seq") == "8"
+    assert 0 < r.cmd("TTL", k["meta"]) <= 100 and 0 < r.cmd("TTL", k["hist"]) <= 100
+    first = r.cmd("XRANGE", k["hist"], "-", "+", "COUNT", 1)[0]
+    assert first[0] == "4-0" and first[1][0:2] == ["t", first[1][1]] and first[1][3] == '"m3"'
+
+
+def test_publish_payload_on_pubsub(redis):
+    r, k = redis, keys()
+    sub = Resp(r.port)
+    try:
+        assert sub.cmd("SUBSCRIBE", k["pubch"])[0] == "subscribe"
+        epoch, mid, _ = publish(r, k, "hello")
+        kind, ch, payload = sub.reply()
+        assert (kind, ch) == ("message", k["pubch"])
+        ep, i, t, content = payload.split(" ", 3)
+        assert (ep, int(i), content) == (epoch, mid, '"hello"')
+        assert abs(int(t) - time.time() * 1000) < 60000
+    finally:
+        sub.close()
+
+
+def test_idempotency_key_answers_the_first_publish(redis):
+    r, k = redis, keys()
+    a = publish(r, k, "once", idem="key-1")
+    b = publish(r, k, "once", idem="key-1")
+    c = publish(r, k, "other", idem="key-2")
+    assert a[:2] == b[:2] and (a[2], b[2]) == (0, 1) and c[1] == a[1] + 1
+    assert r.cmd("XLEN", k["hist"]) == 2
+    assert 0 < r.cmd("TTL", k["idem"] + "/key-1") <= 600
+
+
+def test_server_generation_follows_the_server(redis):
+    r, k = redis, keys()
+    r.cmd("DEL", k["srv"])
+    e1 = publish(r, k, "a", runid="runA", gen="genAAAAA")[0]
+    # The same server: the same generation whatever fresh one is offered.
+    assert publish(r, k, "b", runid="runA", gen="genBBBBB")[0] == e1
+    # Another server that cannot have lost writes (appendfsync always,
+    # a master never promoted): the generation is kept.
+    assert publish(r, k, "c", runid="runB", lossless="1", gen="genCCCCC")[0] == e1
+    # Another server that may have lost writes: a new generation, so every
+    # epoch changes and clients are reset.
+    e4 = publish(r, k, "d", runid="runC", lossless="0", gen="genDDDDD")[0]
+    assert e4 != e1 and e4.startswith("genDDDDD")
+
+
+def test_a_forgotten_channel_starts_a_new_incarnation(redis):
+    r, k = redis, keys()
+    r.cmd("DEL", k["srv"])
+    publish(r, k, "old", ep="epOLD001")
+    publish(r, k, "old2", ep="epOLD001")
+    r.cmd("DEL", k["meta"])  # expired; the stream is left over
+    epoch, mid, _ = publish(r, k, "new", ep="epNEW001")
+    assert mid == 1 and epoch.endswith("epNEW001")
+    assert r.cmd("XLEN", k["hist"]) == 1  # the leftover stream was dropped
+
+
+def test_read_without_since_gives_the_state_only(redis):
+    r, k = redis, keys()
+    for i in range(3):
+        publish(r, k, "m%d" % i)
+    head, ents = read(r, k)
+    assert head["newest"] == 3 and head["newest_content"] == '"m2"' and not head["reset"]
+    assert ents == []
+    # A channel nobody published to: created with the read's ttl, empty.
+    k2 = keys()
+    head, ents = read(r, k2, since=0, ttl=300)
+    assert head["newest"] == 0 and not head["reset"] and ents == []
+    assert 0 < r.cmd("TTL", k2["meta"]) <= 300
+
+
+def test_read_after_since_and_every_reset_rule(redis):
+    r, k = redis, keys()
+    for i in range(8):  # history 5: ids 4..8 retained
+        epoch = publish(r, k, "m%d" % i)[0]
+    head, ents = read(r, k, since=5, epoch=epoch)
+    assert not head["reset"] and [e[0] for e in ents] == [6, 7, 8]
+    assert [e[2] for e in ents] == ['"m5"', '"m6"', '"m7"']
+    head, ents = read(r, k, since=8, epoch=epoch)
+    assert not head["reset"] and ents == []
+    # since = oldest - 1 is still exact; one older is a reset.
+    head, ents = read(r, k, since=3, epoch=epoch)
+    assert not head["reset"] and [e[0] for e in ents] == [4, 5, 6, 7, 8]
+    for since, ep in ((2, epoch), (9, epoch), (6, "another-epoch")):
+        head, ents = read(r, k, since=since, epoch=ep)
+        assert head["reset"], (since, ep)
+        assert [e[0] for e in ents] == [4, 5, 6, 7, 8] and head["epoch"] == epoch
+
+
+def test_read_budget_cuts_with_more(redis):
+    r, k = redis, keys()
+    for i in range(5):
+        publish(r, k, "x" * 100, history=10)
+    head, ents = read(r, k, since=0, budget=300)  # each costs 102 + 48
+    assert head["more"] and [e[0] for e in ents] == [1, 2]
+    head, ents = read(r, k, since=0, budget=1)  # at least one
+    assert head["more"] and [e[0] for e in ents] == [1]
+    head, ents = read(r, k, since=3, budget=1 << 20)
+    assert not head["more"] and [e[0] for e in ents] == [4, 5]
+
+
+def test_heartbeats_and_procs(redis):
+    r = redis
+    key = "t:procs"
+    r.cmd("DEL", key)
+    r.cmd("EVAL", HEARTBEAT, 1, key, "worker:a", 5000, 60000)
+    r.cmd("EVAL", HEARTBEAT, 1, key, "relay:b", 1, 60000)
+    r.cmd("ZADD", key, 1, "worker:ancient")  # expired long ago: pruned
+    r.cmd("EVAL", HEARTBEAT, 1, key, "worker:a", 5000, 60000)
+    out = r.cmd("EVAL", PROCS, 1, key)
+    now = int(out[0])
+    members = dict(zip(out[1::2], (int(x) for x in out[2::2])))
+    assert set(members) == {"worker:a", "relay:b"}
+    assert now < members["worker:a"] <= now + 5000
+    assert members["relay:b"] <= now + 1
