@@ -584,9 +584,44 @@ static void handshake_deadline(loop *l, timer *t)
 
 /* ---- accepting ---------------------------------------------------------------------------- */
 
+/* A new connection (non-blocking fd). */
+static void client_adopt(int fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (cfg.sndbuf) {
+        /* A small send buffer makes a client that stops reading show up
+         * in our own queue, which is bounded, instead of in the kernel. */
+        int sb = (int)cfg.sndbuf;
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sb, sizeof sb);
+    }
+    client *c = xcalloc(1, sizeof *c);
+    conn_init(&c->c, R.d.l, fd, &client_ops, READ_PAUSE);
+    c->t.cb = handshake_deadline;
+    c->state = C_HANDSHAKE;
+    c->next = R.clients;
+    if (R.clients)
+        R.clients->prev = c;
+    R.clients = c;
+    R.nclients++;
+    R.st.accepted++;
+    if (R.nhandshakes >= cfg.max_handshakes) {
+        R.st.handshakes_evicted++;
+        log_debug("%zu handshakes pending (--max-handshakes): dropping the oldest", R.nhandshakes);
+        client_kill(R.hs_head);
+    }
+    hs_add(c);
+    if (conn_start(&c->c) < 0) {
+        log_error("epoll_ctl: %s", strerror(errno));
+        client_kill(c);
+        return;
+    }
+    timer_start(R.d.l, &c->t, (uint64_t)cfg.handshake_timeout * 1000);
+}
+
 static void listen_io(loop *l, io_watch *w, uint32_t revents)
 {
-    (void)revents;
+    (void)l, (void)revents;
     for (int i = 0; i < 64 && R.d.accepting; i++) {
         int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
@@ -596,37 +631,7 @@ static void listen_io(loop *l, io_watch *w, uint32_t revents)
             }
             return;
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (cfg.sndbuf) {
-            /* A small send buffer makes a client that stops reading show up
-             * in our own queue, which is bounded, instead of in the kernel. */
-            int sb = (int)cfg.sndbuf;
-            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sb, sizeof sb);
-        }
-        client *c = xcalloc(1, sizeof *c);
-        conn_init(&c->c, l, fd, &client_ops, READ_PAUSE);
-        c->t.cb = handshake_deadline;
-        c->state = C_HANDSHAKE;
-        c->next = R.clients;
-        if (R.clients)
-            R.clients->prev = c;
-        R.clients = c;
-        R.nclients++;
-        R.st.accepted++;
-        if (R.nhandshakes >= cfg.max_handshakes) {
-            R.st.handshakes_evicted++;
-            log_debug("%zu handshakes pending (--max-handshakes): dropping the oldest",
-                      R.nhandshakes);
-            client_kill(R.hs_head);
-        }
-        hs_add(c);
-        if (conn_start(&c->c) < 0) {
-            log_error("epoll_ctl: %s", strerror(errno));
-            client_kill(c);
-            continue;
-        }
-        timer_start(l, &c->t, (uint64_t)cfg.handshake_timeout * 1000);
+        client_adopt(fd);
         if (R.nclients >= cfg.max_clients) {
             log_warn("%zu clients (--max-clients): pausing accepts", R.nclients);
             daemon_accept_pause(&R.d, 0);
@@ -705,6 +710,44 @@ static const opt_def relay_options[] = {
      "connections in their opening handshake at once; past it the oldest is dropped"},
 };
 
+static rbuf *make_ping_frame(void)
+{
+    uint8_t ping[WS_FRAME_HEADER_MAX + WS_CONTROL_MAX];
+    size_t pl = ws_frame_control(ping, WS_OP_PING, (const uint8_t *)"pw", 2);
+    return rbuf_new(ping, pl);
+}
+
+#ifdef PW_FUZZ_HOOKS
+/* fuzz/fuzz_relay.c drives this file's client handling on a loop and a hub
+ * of its own (on tests/unit/hub_sim.c's Redis): no listener, no signals, no
+ * main. */
+void relay_fuzz_start(loop *l, hub *h, unsigned max_queue);
+void relay_fuzz_adopt(int fd);
+void relay_fuzz_stop(void);
+
+void relay_fuzz_start(loop *l, hub *h, unsigned max_queue)
+{
+    memset(&R, 0, sizeof R);
+    R.d.l = l;
+    R.d.h = h;
+    R.d.lw.fd = -1;
+    R.d.open_count = open_count;
+    R.ping_frame = make_ping_frame();
+    cfg.max_queue = max_queue;
+    cfg.max_handshakes = 3;
+    cfg.sndbuf = 0;
+}
+
+void relay_fuzz_adopt(int fd) { client_adopt(fd); }
+
+void relay_fuzz_stop(void)
+{
+    while (R.clients)
+        client_kill(R.clients);
+    rbuf_unref(R.ping_frame);
+    R.ping_frame = NULL;
+}
+#else
 int main(int argc, char **argv)
 {
     enum { NR = sizeof relay_options / sizeof relay_options[0] };
@@ -720,9 +763,7 @@ int main(int argc, char **argv)
     int sigfd = daemon_setup(&cfg.c, "pushwire-relay", &url);
     if (sigfd < 0)
         return 2;
-    uint8_t ping[WS_FRAME_HEADER_MAX + WS_CONTROL_MAX];
-    size_t pl = ws_frame_control(ping, WS_OP_PING, (const uint8_t *)"pw", 2);
-    R.ping_frame = rbuf_new(ping, pl);
+    R.ping_frame = make_ping_frame();
     R.d.open_count = open_count;
     R.d.may_accept = may_accept;
     R.d.on_stop = on_stop;
@@ -742,3 +783,4 @@ int main(int argc, char **argv)
     log_info("stopped");
     return rc < 0 ? 1 : 0;
 }
+#endif

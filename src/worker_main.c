@@ -734,6 +734,30 @@ static void req_read(conn *c)
     }
 }
 
+/* A new connection from nginx (non-blocking fd). */
+static void req_adopt(int fd)
+{
+    req *r = xcalloc(1, sizeof *r);
+    conn_init(&r->c, W.d.l, fd, &req_ops, READ_PAUSE);
+    r->tmo.cb = tmo_cb;
+    r->phase = P_IDLE;
+    fcgi_parser_init(&r->fp, 65536, W.max_body);
+    r->next = W.reqs;
+    if (W.reqs)
+        W.reqs->prev = r;
+    W.reqs = r;
+    W.nreqs++;
+    W.nidle++;
+    if (conn_start(&r->c) < 0) {
+        log_error("epoll_ctl: %s", strerror(errno));
+        req_close(r);
+        return;
+    }
+    /* nginx writes the request right after connecting: it is usually
+     * here already, and reading now saves a trip through epoll. */
+    req_read(&r->c);
+}
+
 static void accept_some(void)
 {
     for (int i = 0; i < 128 && W.d.accepting; i++) {
@@ -747,25 +771,7 @@ static void accept_some(void)
             }
             return;
         }
-        req *r = xcalloc(1, sizeof *r);
-        conn_init(&r->c, W.d.l, fd, &req_ops, READ_PAUSE);
-        r->tmo.cb = tmo_cb;
-        r->phase = P_IDLE;
-        fcgi_parser_init(&r->fp, 65536, W.max_body);
-        r->next = W.reqs;
-        if (W.reqs)
-            W.reqs->prev = r;
-        W.reqs = r;
-        W.nreqs++;
-        W.nidle++;
-        if (conn_start(&r->c) < 0) {
-            log_error("epoll_ctl: %s", strerror(errno));
-            req_close(r);
-            continue;
-        }
-        /* nginx writes the request right after connecting: it is usually
-         * here already, and reading now saves a trip through epoll. */
-        req_read(&r->c);
+        req_adopt(fd);
         if (W.nreqs >= cfg.max_requests && W.d.accepting) {
             log_warn("%zu connections open (--max-requests): pausing accepts", W.nreqs);
             daemon_accept_pause(&W.d, 0);
@@ -884,6 +890,51 @@ static const opt_def worker_options[] = {
      "connections from nginx before accepts pause (mind the open-file limit)"},
 };
 
+/* The limits of the worker from cfg. */
+static void limits_from_cfg(void)
+{
+    if (cfg.poll_timeout > cfg.max_poll_timeout)
+        cfg.poll_timeout = cfg.max_poll_timeout;
+    W.limits.max_content = cfg.max_content;
+    W.limits.default_timeout = cfg.poll_timeout;
+    W.limits.max_timeout = cfg.max_poll_timeout;
+    /* The largest body nginx may pass: every content byte percent-encoded
+     * (3 bytes) or JSON-escaped (up to 6), plus the other fields. */
+    W.max_body = (size_t)cfg.max_content * 6 + 4096;
+}
+
+#ifdef PW_FUZZ_HOOKS
+/* fuzz/fuzz_worker.c drives this file's request handling on a loop and a hub
+ * of its own (on tests/unit/hub_sim.c's Redis): no listener, no signals, no
+ * main. */
+void worker_fuzz_start(loop *l, hub *h, unsigned max_content);
+void worker_fuzz_adopt(int fd);
+void worker_fuzz_stop(void);
+
+void worker_fuzz_start(loop *l, hub *h, unsigned max_content)
+{
+    memset(&W, 0, sizeof W);
+    W.d.l = l;
+    W.d.h = h;
+    W.d.lw.fd = -1;
+    W.d.open_count = open_count;
+    W.b = hub_broker(h);
+    cfg.max_content = max_content;
+    limits_from_cfg();
+}
+
+void worker_fuzz_adopt(int fd) { req_adopt(fd); }
+
+/* Close what is open (as at the end of main); memory goes with the loop's
+ * next reaps. */
+void worker_fuzz_stop(void)
+{
+    while (W.reqs)
+        req_close(W.reqs);
+    rbuf_unref(W.tcache.records);
+    W.tcache.records = NULL;
+}
+#else
 int main(int argc, char **argv)
 {
     enum { NW = sizeof worker_options / sizeof worker_options[0] };
@@ -899,14 +950,7 @@ int main(int argc, char **argv)
     int sigfd = daemon_setup(&cfg.c, "pushwire-worker", &url);
     if (sigfd < 0)
         return 2;
-    if (cfg.poll_timeout > cfg.max_poll_timeout)
-        cfg.poll_timeout = cfg.max_poll_timeout;
-    W.limits.max_content = cfg.max_content;
-    W.limits.default_timeout = cfg.poll_timeout;
-    W.limits.max_timeout = cfg.max_poll_timeout;
-    /* The largest body nginx may pass: every content byte percent-encoded
-     * (3 bytes) or JSON-escaped (up to 6), plus the other fields. */
-    W.max_body = (size_t)cfg.max_content * 6 + 4096;
+    limits_from_cfg();
     W.d.open_count = open_count;
     W.d.may_accept = may_accept;
     W.d.on_stop = on_stop;
@@ -935,3 +979,4 @@ int main(int argc, char **argv)
     log_info("stopped");
     return rc < 0 ? 1 : 0;
 }
+#endif

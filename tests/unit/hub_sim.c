@@ -14,17 +14,19 @@
 #include "loop.h"
 
 #define HIST_MAX 64 /* model history cap (the hub is told its own) */
+#define CHAN_MAX 16 /* channels the model can hold: SIM_CHANNELS, then any a client names */
+#define IDEM_MAX 64 /* idempotency keys remembered (the oldest go first) */
 
 /* ---- the model of Redis ------------------------------------------------------------ */
 
 typedef struct mmsg {
     uint64_t id;
     int64_t time;
-    char json[96]; /* "\"EPOCH/ID\"": the content names its own epoch and id */
+    char json[512]; /* the sim's own: "\"EPOCH/ID\"", naming its epoch and id */
 } mmsg;
 
 typedef struct mchan {
-    char name[16];
+    char name[PW_CHANNEL_MAX + 1];
     bool exists;
     char ep[9];
     uint64_t seq;
@@ -33,7 +35,7 @@ typedef struct mchan {
     bool subscribed; /* on the pub/sub connection, at Redis */
 } mchan;
 
-enum qkind { Q_READ, Q_SUBSCRIBE, Q_UNSUBSCRIBE, Q_CONFIRM, Q_MESSAGE };
+enum qkind { Q_READ, Q_PUBLISH, Q_PROCS, Q_SUBSCRIBE, Q_UNSUBSCRIBE, Q_CONFIRM, Q_MESSAGE };
 
 typedef struct qitem {
     struct qitem *next;
@@ -49,9 +51,23 @@ typedef struct qitem {
     bool done; /* executed: res is the reply */
     broker_read_result res;
     pw_msg newest;
+    /* Q_PUBLISH (a client's, through the worker) */
+    char json[512];
+    char idem[160]; /* "" for none */
+    broker_pub_cb *pcb;
+    broker_pub_result pres;
+    /* Q_PROCS */
+    broker_procs_cb *procs_cb;
     /* Q_MESSAGE */
-    char payload[192];
+    char payload[768];
 } qitem;
+
+typedef struct idem_rec {
+    int ch;
+    char key[160];
+    char epoch[PW_EPOCH_MAX + 1];
+    uint64_t id;
+} idem_rec;
 
 typedef struct queue {
     qitem *head, *tail;
@@ -86,7 +102,10 @@ struct sim {
     bool cmd_ready, cmd_dropping, sub_ready;
     queue cmd; /* in order: executed ones (replies waiting) first */
     queue subq_out, subq_in;
-    mchan ch[SIM_CHANNELS];
+    mchan ch[CHAN_MAX];
+    int nch;
+    idem_rec idem[IDEM_MAX];
+    unsigned nidem;
     ssub subs[SIM_SUBS];
     bool verbose;
     unsigned steps;
@@ -145,12 +164,17 @@ static qitem *q_pop(queue *q)
     return it;
 }
 
-static int chan_index(const sim *s, const char *name)
+/* The model's index of a channel, added when a client names a new one. */
+static int chan_index(sim *s, const char *name)
 {
-    for (int i = 0; i < SIM_CHANNELS; i++)
+    for (int i = 0; i < s->nch; i++)
         if (!strcmp(s->ch[i].name, name))
             return i;
-    return -1;
+    if (s->nch == CHAN_MAX || strlen(name) >= sizeof s->ch[0].name)
+        return -1;
+    memset(&s->ch[s->nch], 0, sizeof s->ch[0]);
+    snprintf(s->ch[s->nch].name, sizeof s->ch[0].name, "%s", name);
+    return s->nch++;
 }
 
 static void chan_epoch(const sim *s, const mchan *c, char *out)
@@ -244,8 +268,16 @@ static void fail_reads(sim *s)
     qitem *it;
     while ((it = q_pop(&s->cmd))) {
         free_result(it);
-        broker_read_result r = {.err = BROKER_EUNAVAIL, .errmsg = "connection lost"};
-        it->cb(it->arg, &r);
+        if (it->kind == Q_READ) {
+            broker_read_result r = {.err = BROKER_EUNAVAIL, .errmsg = "connection lost"};
+            it->cb(it->arg, &r);
+        } else if (it->kind == Q_PUBLISH) {
+            broker_pub_result r = {.err = BROKER_EUNAVAIL, .errmsg = "connection lost"};
+            it->pcb(it->arg, &r);
+        } else {
+            broker_procs_result r = {.err = BROKER_EUNAVAIL};
+            it->procs_cb(it->arg, &r);
+        }
         free(it);
     }
     s->cmd_dropping = false;
@@ -289,6 +321,46 @@ static int sub_send(broker *b, enum qkind kind, const char *channel)
 
 int broker_subscribe(broker *b, const char *channel) { return sub_send(b, Q_SUBSCRIBE, channel); }
 int broker_unsubscribe(broker *b, const char *channel) { return sub_send(b, Q_UNSUBSCRIBE, channel); }
+
+int broker_publish(broker *b, const char *channel, const char *json, size_t json_len,
+                   const char *idem_key, broker_pub_cb *cb, void *arg)
+{
+    sim *s = b->s;
+    if (!s->cmd_ready || s->cmd_dropping)
+        return -1;
+    int i = chan_index(s, channel);
+    if (i < 0 || json_len >= sizeof ((qitem *)0)->json)
+        fail(s, "harness: publish to %s of %zu bytes is beyond the model", channel, json_len);
+    qitem *it = xcalloc(1, sizeof *it);
+    it->kind = Q_PUBLISH;
+    it->ch = i;
+    memcpy(it->json, json, json_len);
+    snprintf(it->idem, sizeof it->idem, "%s", idem_key ? idem_key : "");
+    it->pcb = cb;
+    it->arg = arg;
+    q_push(&s->cmd, it);
+    say(s, "client: publish to %s", channel);
+    return 0;
+}
+
+int broker_procs(broker *b, broker_procs_cb *cb, void *arg)
+{
+    sim *s = b->s;
+    if (!s->cmd_ready || s->cmd_dropping)
+        return -1;
+    qitem *it = xcalloc(1, sizeof *it);
+    it->kind = Q_PROCS;
+    it->procs_cb = cb;
+    it->arg = arg;
+    q_push(&s->cmd, it);
+    return 0;
+}
+
+int broker_goodbye(broker *b, void (*done)(void *arg), void *arg)
+{
+    (void)b, (void)done, (void)arg;
+    return -1; /* as if not connected: done never runs */
+}
 
 int broker_read(broker *b, const char *channel, bool has_since, uint64_t since, const char *epoch,
                 size_t budget, broker_read_cb *cb, void *arg)
@@ -387,6 +459,7 @@ sim *sim_new(unsigned history, unsigned batch_bytes, bool verbose)
     snprintf(s->gen_s, sizeof s->gen_s, "g%07u", s->gen);
     for (int i = 0; i < SIM_CHANNELS; i++)
         snprintf(s->ch[i].name, sizeof s->ch[i].name, "c%d", i);
+    s->nch = SIM_CHANNELS;
     log_init("hub_sim", verbose ? LOG_DEBUG : LOG_ERROR);
     s->l = loop_new();
     loop_set_clock(s->l, sim_clock, s);
@@ -418,6 +491,9 @@ void sim_free(sim *s)
     free(s);
     the_sim = NULL;
 }
+
+loop *sim_loop(sim *s) { return s->l; }
+hub *sim_hub(sim *s) { return s->h; }
 
 static void check(sim *s)
 {
@@ -468,7 +544,7 @@ void sim_sub_drop(sim *s)
         free(it);
     while ((it = q_pop(&s->subq_in)))
         free(it);
-    for (int i = 0; i < SIM_CHANNELS; i++)
+    for (int i = 0; i < s->nch; i++)
         s->ch[i].subscribed = false;
     s->b->hooks.sub_down(s->b->hooks.ctx);
     check(s);
@@ -483,7 +559,7 @@ void sim_restart(sim *s, bool lossy, unsigned lose)
         return;
     s->gen++;
     snprintf(s->gen_s, sizeof s->gen_s, "g%07u", s->gen);
-    for (int i = 0; i < SIM_CHANNELS; i++) {
+    for (int i = 0; i < s->nch; i++) {
         mchan *c = &s->ch[i];
         unsigned k = lose;
         while (k-- && c->seq) {
@@ -511,9 +587,12 @@ void sim_forget(sim *s, int ch)
     c->n = 0;
 }
 
-void sim_publish(sim *s, int ch)
+/* The publish script (src/lua/publish.lua) on the model: json is the
+ * content as a JSON literal; NULL for the sim's own, which names its epoch
+ * and id (the checker recognises it). */
+static uint64_t model_publish(sim *s, int i, const char *json, char *epoch_out)
 {
-    mchan *c = chan_meta(s, ch % SIM_CHANNELS);
+    mchan *c = chan_meta(s, i);
     c->seq++;
     if (c->n == s->history) {
         memmove(c->hist, c->hist + 1, (c->n - 1) * sizeof *c->hist);
@@ -524,17 +603,51 @@ void sim_publish(sim *s, int ch)
     m->time = (int64_t)s->now;
     char ep[PW_EPOCH_MAX + 1];
     chan_epoch(s, c, ep);
-    snprintf(m->json, sizeof m->json, "\"%s/%llu\"", ep, (unsigned long long)m->id);
+    if (json)
+        snprintf(m->json, sizeof m->json, "%s", json);
+    else
+        snprintf(m->json, sizeof m->json, "\"%s/%llu\"", ep, (unsigned long long)m->id);
     say(s, "publish %s id %llu", c->name, (unsigned long long)m->id);
     if (c->subscribed) {
         qitem *it = xcalloc(1, sizeof *it);
         it->kind = Q_MESSAGE;
-        it->ch = (int)(c - s->ch);
+        it->ch = i;
         buf p = BUF_INIT;
         env_pubsub_format(&p, ep, m->id, m->time, m->json, strlen(m->json));
         snprintf(it->payload, sizeof it->payload, "%s", p.data);
         buf_free(&p);
         q_push(&s->subq_in, it);
+    }
+    if (epoch_out)
+        snprintf(epoch_out, PW_EPOCH_MAX + 1, "%s", ep);
+    return m->id;
+}
+
+void sim_publish(sim *s, int ch) { model_publish(s, ch % SIM_CHANNELS, NULL, NULL); }
+
+/* A client's publish with its Idempotency-Key (the script's rules). */
+static void exec_publish(sim *s, qitem *it)
+{
+    broker_pub_result *r = &it->pres;
+    memset(r, 0, sizeof *r);
+    if (it->idem[0]) {
+        for (unsigned k = 0; k < s->nidem && k < IDEM_MAX; k++) {
+            idem_rec *d = &s->idem[k];
+            if (d->ch == it->ch && !strcmp(d->key, it->idem)) {
+                snprintf(r->epoch, sizeof r->epoch, "%s", d->epoch);
+                r->id = d->id;
+                r->duplicate = true;
+                return;
+            }
+        }
+    }
+    r->id = model_publish(s, it->ch, it->json, r->epoch);
+    if (it->idem[0]) {
+        idem_rec *d = &s->idem[s->nidem++ % IDEM_MAX];
+        d->ch = it->ch;
+        snprintf(d->key, sizeof d->key, "%s", it->idem);
+        snprintf(d->epoch, sizeof d->epoch, "%s", r->epoch);
+        d->id = r->id;
     }
 }
 
@@ -543,10 +656,14 @@ bool sim_cmd_exec(sim *s)
     for (qitem *it = s->cmd.head; it; it = it->next) {
         if (it->done)
             continue;
-        exec_read(s, it);
+        if (it->kind == Q_READ) {
+            exec_read(s, it);
+            say(s, "redis runs read %s -> newest %llu, %zu msgs%s", s->ch[it->ch].name,
+                (unsigned long long)it->res.newest, it->res.n, it->res.reset ? " reset" : "");
+        } else if (it->kind == Q_PUBLISH) {
+            exec_publish(s, it);
+        }
         it->done = true;
-        say(s, "redis runs read %s -> newest %llu, %zu msgs%s", s->ch[it->ch].name,
-            (unsigned long long)it->res.newest, it->res.n, it->res.reset ? " reset" : "");
         return true;
     }
     return false;
@@ -558,8 +675,15 @@ bool sim_cmd_reply(sim *s)
     if (!it || !it->done)
         return false;
     q_pop(&s->cmd);
-    say(s, "reply of read %s", s->ch[it->ch].name);
-    it->cb(it->arg, &it->res);
+    if (it->kind == Q_READ) {
+        say(s, "reply of read %s", s->ch[it->ch].name);
+        it->cb(it->arg, &it->res);
+    } else if (it->kind == Q_PUBLISH) {
+        it->pcb(it->arg, &it->pres);
+    } else {
+        broker_procs_result r = {0}; /* nobody heartbeats in the sim */
+        it->procs_cb(it->arg, &r);
+    }
     free_result(it);
     free(it);
     check(s);
@@ -740,7 +864,7 @@ void sim_settle(sim *s)
     /* One more message on every channel: a view that is stale without
      * anybody knowing (state forgotten in Redis, a subscription lost in a
      * race) must be found out by it, as in reality. */
-    for (int i = 0; i < SIM_CHANNELS; i++)
+    for (int i = 0; i < s->nch; i++)
         sim_publish(s, i);
     settle_rounds(s);
     for (int k = 0; k < SIM_SUBS; k++) {

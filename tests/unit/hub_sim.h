@@ -23,6 +23,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "hub.h"
+#include "loop.h"
+
 #define SIM_CHANNELS 3
 #define SIM_SUBS     48
 
@@ -44,6 +47,10 @@ extern struct hub_sim_totals hub_sim_totals;
 sim *sim_new(unsigned history, unsigned batch_bytes, bool verbose);
 /* Detach every subscriber and free everything. */
 void sim_free(sim *s);
+/* The simulation's loop (on the virtual clock) and hub, for harnesses that
+ * drive real server code on them (fuzz/fuzz_worker.c, fuzz/fuzz_relay.c). */
+loop *sim_loop(sim *s);
+hub *sim_hub(sim *s);
 
 /* Connections. An up is announced to the hub (its hooks run). */
 void sim_cmd_up(sim *s);
