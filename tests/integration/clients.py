@@ -12,6 +12,13 @@ real clients and record everything they receive.
   Idempotency-Key and is retried with it until a 200 (503 honours
   Retry-After), so a message is published exactly once whatever fails.
 
+* ResumingLongPoll, ResumingWs, SseClient (the chaos test): clients on the
+  three transports that resume with since/epoch (EventSource: Last-Event-ID,
+  as a browser does), keep a log of every event a checker needs (messages,
+  resets with the position they announce, positions learned from empty
+  answers, protocol breaches), and can be told to stop reading for a while
+  (stall) or to lose their connection (drop).
+
 Every client records the ids (and contents) it received, in order, plus
 anomalies (resets, epoch changes, gaps, unexpected statuses) so that the
 tests can check "every message exactly once, in order". Nothing here blocks
@@ -24,6 +31,7 @@ import os
 import random
 import re
 import resource
+import socket
 import subprocess
 import time
 import traceback
@@ -589,6 +597,502 @@ class WsClient(Recorder):
             self.epoch = doc["epoch"]
             return
         self.take(doc["id"], doc["content"], doc["epoch"])
+
+
+# ---- clients with an event log, that stall and drop (the chaos test) -------------------
+
+async def open_socket(host, port, rcvbuf=None):
+    """A connected non-blocking TCP socket; rcvbuf (set before connecting, so
+    that the advertised window follows it) makes a client that stops reading
+    show up quickly at the server."""
+    loop = asyncio.get_running_loop()
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        await loop.sock_connect(s, (host, port))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class LogClient(Recorder):
+    """A resuming client that logs, in order, everything a checker needs:
+
+      ("m", epoch, id, content, t)         a message
+      ("reset", epoch, first, newest, more, t)
+                                           a reset: first is the first id of
+                                           the replay when the transport says
+                                           it (None on WebSocket), newest the
+                                           id the reset names, more whether a
+                                           long-poll answer said "more"
+      ("pos", epoch, id, t)                an answer without messages
+                                           (long-poll timeout) put it at id
+      ("bad", what, t)                     a protocol breach seen by the client
+
+    since=None: a client without since, which starts wherever the server
+    puts it (its first position is whatever it is told first). Afterwards
+    every client resumes from what it was last told, as a well-written real
+    client does. stall(seconds) makes it stop reading (its socket is left
+    unread: the server's buffers and queues fill), drop() closes its
+    connection at once; it then reconnects with since like after any error."""
+
+    def __init__(self, channel, since=0, name="", seed=None, rcvbuf=None):
+        super().__init__(channel, since if since is not None else 0, None, name, None, seed)
+        self.has_since = since is not None
+        self.rcvbuf = rcvbuf
+        self.log = []
+        self.trace = collections.deque(maxlen=60)  # (t, connection event) for failure reports
+        self.stall_until = 0.0
+        self.stalls = self.drops = self.cutoffs = 0
+        self.left = False  # stopped for good (the test no longer expects it to catch up)
+        self._transport = None
+        self._stall_timer = None
+
+    # -- what the client was told
+    def position(self):
+        """(epoch, id) it would resume from, or None (no since yet)."""
+        return (self.epoch, self.since) if self.has_since else None
+
+    def rec_msg(self, epoch, mid, content):
+        self.log.append(("m", epoch, mid, content, time.monotonic()))
+        self.ids.append(mid)
+        self.contents.append(content)
+        self.epoch, self.since, self.has_since = epoch, mid, True
+        self.last_rx = time.monotonic()
+
+    def rec_reset(self, epoch, first, newest, more=None):
+        self.log.append(("reset", epoch, first, newest, more, time.monotonic()))
+        self.resets += 1
+
+    def rec_pos(self, epoch, mid):
+        self.log.append(("pos", epoch, mid, time.monotonic()))
+        self.epoch, self.since, self.has_since = epoch, mid, True
+
+    def rec_bad(self, what):
+        self.log.append(("bad", what, time.monotonic()))
+        self.anomaly(what)
+
+    def note(self, what):
+        self.trace.append((time.monotonic(), what))
+
+    # -- faults the chaos test applies
+    def stall(self, seconds):
+        """Stop reading for `seconds` (from now; extends a stall under way)."""
+        self.stalls += 1
+        self.stall_until = max(self.stall_until, time.monotonic() + seconds)
+        self.note("stall %.1fs" % seconds)
+        self._apply_stall()
+
+    def unstall(self):
+        self.stall_until = 0.0
+        self._apply_stall()
+
+    def stalled(self):
+        return time.monotonic() < self.stall_until
+
+    def drop(self):
+        """Lose the connection now (as a network failure would)."""
+        t = self._transport
+        if t is not None and not t.is_closing():
+            self.drops += 1
+            self.note("dropped")
+            t.abort()
+            return True
+        return False
+
+    def _apply_stall(self):
+        t = self._transport
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if t is None or t.is_closing():
+            return
+        left = self.stall_until - time.monotonic()
+        try:
+            if left > 0:
+                t.pause_reading()
+                self._stall_timer = asyncio.get_running_loop().call_later(left, self._apply_stall)
+            else:
+                t.resume_reading()
+        except (RuntimeError, AttributeError):
+            pass  # closing meanwhile
+
+    def _attach(self, transport):
+        self._transport = transport
+        if self.stalled():
+            self._apply_stall()
+
+    def _detach(self):
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._transport = None
+
+    async def _stall_wait(self):
+        while self.stalled():
+            await asyncio.sleep(min(0.2, max(0.01, self.stall_until - time.monotonic())))
+
+
+class ResumingLongPoll(LogClient):
+    """GET /status?channel&since&epoch&timeout over a keep-alive connection.
+    timeouts: the poll timeouts to pick from (0: answer as soon as up to
+    date, for a client that polls in a loop with think seconds between)."""
+
+    kind = "longpoll"
+
+    def __init__(self, host, port, channel, since=0, timeouts=(1, 5, 15), think=0.0, name="",
+                 seed=None):
+        super().__init__(channel, since, name, seed)
+        self.host, self.port = host, port
+        self.timeouts, self.think = tuple(timeouts), think
+        self.polls = 0
+        self._conn = None
+
+    def drop(self):
+        c = self._conn
+        if c is not None and c.writer is not None:
+            self._transport = c.writer.transport
+        return super().drop()
+
+    def _path(self, timeout):
+        q = "channel=%s&timeout=%d" % (self.channel, timeout)
+        if self.has_since:
+            q += "&since=%d" % self.since
+            if self.epoch:
+                q += "&epoch=" + self.epoch
+        return "/status?" + q
+
+    async def _run(self):
+        self._conn = conn = HttpConn(self.host, self.port)
+        try:
+            await self._loop(conn)
+        finally:
+            conn.close()
+
+    async def _loop(self, conn):
+        fails = 0
+        while True:
+            await self._stall_wait()
+            timeout = self.rng.choice(self.timeouts)
+            self.polls += 1
+            try:
+                st, h, body = await asyncio.wait_for(conn.request("GET", self._path(timeout)),
+                                                     timeout + 25)
+            except StaleConnection:
+                self.errors["stale-keepalive"] += 1
+                continue
+            except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError, HttpError,
+                    ValueError) as e:
+                conn.close()
+                self.errors[type(e).__name__] += 1
+                fails += 1
+                await asyncio.sleep(backoff(fails, rng=self.rng))
+                continue
+            # A client that stopped reading gets to its answer late.
+            await self._stall_wait()
+            if st != 200:
+                self.errors[st] += 1
+                fails += 1
+                why = check_error(st, h, body)
+                if why:
+                    self.bad_error(why)
+                if st not in (429, 502, 503, 504):
+                    self.rec_bad("status %d: %r" % (st, body[:200]))
+                await asyncio.sleep(max(backoff(fails, rng=self.rng), retry_after(h) or 0))
+                continue
+            fails = 0
+            self.sessions += 1
+            try:
+                doc = json.loads(body)
+                self._answer(doc)
+            except (ValueError, KeyError, TypeError) as e:
+                self.rec_bad("bad answer (%s) %r" % (e, body[:200]))
+                await asyncio.sleep(0.5)
+                continue
+            if self.think:
+                await asyncio.sleep(self.rng.uniform(0, self.think))
+
+    def _answer(self, doc):
+        if doc.get("channel") != self.channel:
+            self.rec_bad("answer for channel %r" % doc.get("channel"))
+        msgs = doc["messages"]
+        epoch, newest = doc["epoch"], doc["id"]
+        if doc.get("reset"):
+            self.rec_reset(epoch, msgs[0]["id"] if msgs else None, newest, bool(doc.get("more")))
+        for m in msgs:
+            self.rec_msg(epoch, m["id"], m["content"])
+        if msgs and newest != msgs[-1]["id"]:
+            self.rec_bad("answer id %d is not its newest message %d" % (newest, msgs[-1]["id"]))
+        if not msgs:
+            self.rec_pos(epoch, newest)
+        self.epoch, self.since, self.has_since = epoch, newest, True
+
+
+class ResumingWs(LogClient):
+    """ws://HOST:PORT/status?channel&since&epoch, reconnecting with since
+    after any close or error. port: nginx's, or a relay's own (direct)."""
+
+    kind = "websocket"
+
+    def __init__(self, host, port, channel, since=0, name="", seed=None, rcvbuf=None,
+                 path="/status"):
+        super().__init__(channel, since, name, seed, rcvbuf)
+        self.host, self.port, self.path = host, port, path
+        self.closes = collections.Counter()
+
+    def _uri(self):
+        q = "channel=%s" % self.channel
+        if self.has_since:
+            q += "&since=%d" % self.since
+            if self.epoch:
+                q += "&epoch=" + self.epoch
+        return "ws://%s:%d%s?%s" % (self.host, self.port, self.path, q)
+
+    async def _run(self):
+        fails = 0
+        while True:
+            await self._stall_wait()
+            ws = None
+            try:
+                ws = await self._connect()
+                self._attach(ws.transport)
+                self.sessions += 1
+                self.note("open %s" % self._uri())
+                while True:
+                    raw = await ws.recv()
+                    fails = 0
+                    self._frame(raw)
+            except websockets.exceptions.ConnectionClosed as e:
+                code = e.rcvd.code if e.rcvd else 1006
+                self.closes[code] += 1
+                self.errors["close-%d" % code] += 1
+                self.cutoffs += code == 1008
+                self.note("closed %d" % code)
+            except websockets.exceptions.InvalidStatusCode as e:
+                self.errors[e.status_code] += 1
+                hdrs = {k.lower(): v for k, v in getattr(e, "headers", {}).items()}
+                why = check_error(e.status_code, hdrs, None)
+                if why:
+                    self.bad_error("handshake: " + why)
+                if e.status_code not in (429, 502, 503, 504):
+                    self.rec_bad("handshake status %d" % e.status_code)
+                self.note("handshake %d" % e.status_code)
+            except (OSError, asyncio.TimeoutError, websockets.exceptions.InvalidHandshake,
+                    websockets.exceptions.InvalidMessage, EOFError) as e:
+                self.errors[type(e).__name__] += 1
+                self.note("error %s" % type(e).__name__)
+            finally:
+                self._detach()
+                if ws is not None:
+                    ws.transport.abort()
+            fails += 1
+            await asyncio.sleep(backoff(fails, rng=self.rng))
+
+    async def _connect(self):
+        made = []
+
+        def factory(*a, **kw):
+            made.append(websockets.client.WebSocketClientProtocol(*a, **kw))
+            return made[-1]
+        sock = await asyncio.wait_for(open_socket(self.host, self.port, self.rcvbuf), 10)
+        try:
+            return await websockets.connect(self._uri(), sock=sock, open_timeout=10,
+                                            close_timeout=2, ping_interval=None,
+                                            compression=None, max_size=None, max_queue=None,
+                                            create_protocol=factory)
+        except BaseException:
+            # websockets 10 leaves the socket open when cancelled mid-handshake.
+            for p in made:
+                if p.transport is not None:
+                    p.transport.abort()
+            sock.close()
+            raise
+
+    def _frame(self, raw):
+        try:
+            doc = json.loads(raw)
+            if doc.get("channel") != self.channel:
+                self.rec_bad("frame for channel %r" % doc.get("channel"))
+            if doc.get("reset"):
+                self.rec_reset(doc["epoch"], None, doc["id"])
+                # The replay follows; if the connection goes before it
+                # does, since=0 in the new epoch asks for all of it again.
+                self.epoch, self.since, self.has_since = doc["epoch"], 0, True
+                return
+            self.rec_msg(doc["epoch"], doc["id"], doc["content"])
+        except (ValueError, KeyError, TypeError) as e:
+            self.rec_bad("bad frame (%s) %r" % (e, raw[:200]))
+
+
+class SseClient(LogClient):
+    """GET /status with Accept: text/event-stream, resuming as a browser's
+    EventSource does: reconnect with Last-Event-ID (the id of the last event,
+    a reset's included). since=0 asks for the retained history on the first
+    connection (?since=0); later ones carry only Last-Event-ID."""
+
+    kind = "eventsource"
+
+    def __init__(self, host, port, channel, since=0, name="", seed=None, rcvbuf=None,
+                 idle_timeout=30.0):
+        super().__init__(channel, since, name, seed, rcvbuf)
+        self.host, self.port = host, port
+        self.last_event_id = None
+        self.idle_timeout = idle_timeout
+        self.comments = 0
+        self.ends = 0  # streams the server ended cleanly
+
+    def _request(self):
+        q = "channel=%s" % self.channel
+        hdrs = ["Host: %s:%d" % (self.host, self.port), "Accept: text/event-stream"]
+        if self.last_event_id:
+            hdrs.append("Last-Event-ID: " + self.last_event_id)
+        elif self.has_since:
+            q += "&since=%d" % self.since
+        return ("GET /status?%s HTTP/1.1\r\n%s\r\n\r\n" % (q, "\r\n".join(hdrs))).encode()
+
+    async def _run(self):
+        fails = 0
+        while True:
+            await self._stall_wait()
+            writer = None
+            try:
+                sock = await asyncio.wait_for(open_socket(self.host, self.port, self.rcvbuf), 10)
+                reader, writer = await asyncio.open_connection(sock=sock)
+                self._attach(writer.transport)
+                writer.write(self._request())
+                st, hdrs = await asyncio.wait_for(self._head(reader), 30)
+                if st != 200:
+                    body = b""
+                    if "content-length" in hdrs:
+                        body = await asyncio.wait_for(
+                            reader.readexactly(int(hdrs["content-length"])), 10)
+                    self.errors[st] += 1
+                    why = check_error(st, hdrs, body)
+                    if why:
+                        self.bad_error(why)
+                    if st not in (429, 502, 503, 504):
+                        self.rec_bad("status %d: %r" % (st, body[:200]))
+                    fails += 1
+                    self.note("status %d" % st)
+                    await asyncio.sleep(max(backoff(fails, rng=self.rng), retry_after(hdrs) or 0))
+                    continue
+                if not hdrs.get("content-type", "").startswith("text/event-stream"):
+                    self.rec_bad("Content-Type %r" % hdrs.get("content-type"))
+                self.sessions += 1
+                self.note("open Last-Event-ID=%s" % self.last_event_id)
+                await self._stream(reader, "chunked" in hdrs.get("transfer-encoding", ""))
+                self.ends += 1
+                self.note("stream ended")
+                fails = 0
+                continue
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, HttpError,
+                    ValueError) as e:
+                self.errors[type(e).__name__] += 1
+                self.note("error %s" % type(e).__name__)
+            finally:
+                self._detach()
+                if writer is not None:
+                    writer.transport.abort()
+            fails += 1
+            await asyncio.sleep(backoff(fails, rng=self.rng))
+
+    async def _head(self, reader):
+        line = await reader.readline()
+        parts = line.decode("latin-1").split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+            raise HttpError("bad status line %r" % line)
+        hdrs = {}
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise HttpError("connection closed in the headers")
+            if line in (b"\r\n", b"\n"):
+                return int(parts[1]), hdrs
+            k, _, v = line.decode("latin-1").partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+
+    async def _read(self, coro):
+        """One read, timed out when the server sends nothing (heartbeats
+        included) for idle_timeout while the client is not stalled."""
+        fut = asyncio.ensure_future(coro)
+        try:
+            while True:
+                done, _ = await asyncio.wait({fut}, timeout=self.idle_timeout)
+                if done:
+                    return fut.result()
+                if not self.stalled():
+                    raise asyncio.TimeoutError
+        finally:
+            if not fut.done():
+                fut.cancel()
+
+    async def _stream(self, reader, chunked):
+        text = b""
+        while True:
+            if chunked:
+                size_line = await self._read(reader.readline())
+                if not size_line:
+                    raise HttpError("connection closed in a chunk size")
+                size = int(size_line.split(b";")[0].strip() or b"x", 16)
+                if size == 0:
+                    return
+                data = await self._read(reader.readexactly(size + 2))
+                data = data[:-2]
+            else:
+                data = await self._read(reader.read(65536))
+                if not data:
+                    return
+            text += data
+            while True:
+                i = text.find(b"\n\n")
+                if i < 0:
+                    break
+                block, text = text[:i], text[i + 2:]
+                self._event(block.decode("utf-8"))
+
+    def _event(self, block):
+        ev = {"data": []}
+        for line in block.split("\n"):
+            if line.startswith(":"):
+                self.comments += 1
+                continue
+            k, _, v = line.partition(":")
+            v = v[1:] if v.startswith(" ") else v
+            if k == "data":
+                ev["data"].append(v)
+            else:
+                ev[k] = v
+        if not ev["data"]:
+            return  # "retry:" and the like
+        try:
+            doc = json.loads("\n".join(ev["data"]))
+            eid = ev.get("id")
+            epoch, _, n = (eid or "").rpartition(":")
+            if not eid or not epoch or not n.isdigit():
+                self.rec_bad("event without a valid id: %r" % block[:200])
+                return
+            n = int(n)
+            if doc.get("channel") != self.channel or doc.get("epoch") != epoch:
+                self.rec_bad("event data %r does not match its id %r" % (block[:200], eid))
+            kind = ev.get("event", "message")
+            if kind == "reset":
+                if doc.get("reset") is not True:
+                    self.rec_bad("reset event without reset: true: %r" % block[:200])
+                self.rec_reset(epoch, n + 1, doc["id"])
+                self.epoch, self.since, self.has_since = epoch, n, True
+            elif kind == "message":
+                if doc.get("id") != n:
+                    self.rec_bad("event id %r but data id %r" % (eid, doc.get("id")))
+                self.rec_msg(epoch, n, doc["content"])
+            else:
+                self.rec_bad("unknown event type %r" % kind)
+                return
+            self.last_event_id = eid
+        except (ValueError, KeyError, TypeError) as e:
+            self.rec_bad("bad event (%s) %r" % (e, block[:200]))
 
 
 # ---- publishing ------------------------------------------------------------------------
