@@ -129,7 +129,8 @@ def redis_channel_state(port, channel, prefix="pw:"):
     entries = []
     for sid, fields in r.cmd("XRANGE", prefix + "h:" + channel, "-", "+") or []:
         fd = {fields[i].decode(): fields[i + 1] for i in range(0, len(fields), 2)}
-        entries.append((int(sid.decode().split("-")[0]), json.loads(fd["c"].decode("utf-8"))))
+        entries.append((int(sid.decode().split("-")[0]),
+                        C.content_key(json.loads(fd["c"].decode("utf-8")))))
     return epoch, seq, entries
 
 
@@ -155,6 +156,7 @@ class ChaosPublisher:
         self.sizes, self.rate, self.concurrency = sizes, rate, concurrency
         self.rng = random.Random(seed)
         self.key = "%s-%s" % (tag, uuid.uuid4().hex[:8])
+        # Contents as clients.content_key keeps them.
         self.sent = set()                # every content sent (any attempt)
         self.acks = []                   # (epoch, id, content, attempts)
         self.ambiguous = 0               # attempts that got a 5xx or no answer
@@ -233,7 +235,7 @@ class ChaosPublisher:
             if not self.idem:
                 content = make_content("%s-%d.%d" % (self.tag, i, attempt), size, self.rng)
             attempt += 1
-            self.sent.add(content)
+            self.sent.add(C.content_key(content))
             headers = {"Content-Type": "application/x-www-form-urlencoded"}
             if self.idem:
                 headers["Idempotency-Key"] = "%s-%d" % (self.key, i)
@@ -255,7 +257,7 @@ class ChaosPublisher:
             if st == 200:
                 try:
                     doc = json.loads(data)
-                    self.acks.append((doc["epoch"], doc["id"], content, attempt))
+                    self.acks.append((doc["epoch"], doc["id"], C.content_key(content), attempt))
                     if doc.get("channel") != self.channel:
                         self.bad.append("200 names channel %r" % doc.get("channel"))
                 except (ValueError, KeyError) as e:
@@ -580,7 +582,14 @@ class Round:
     def __init__(self, seed, mode, seconds, index, master):
         self.seed, self.mode, self.seconds, self.index, self.master = seed, mode, seconds, index, master
         self.rng = random.Random(seed)
+        # What varies from round to round: the history (a short one makes
+        # clients that fall behind get reset), how often faults come, and
+        # settings that change which paths run (reads queued behind
+        # --max-history-reads, a tight Redis timeout).
         self.history = 150 if self.rng.random() < 0.2 else 2000
+        self.interval = self.rng.choice((0.5, 1.2, 1.2, 2.5))
+        self.max_reads = self.rng.choice((32, 32, 2))
+        self.redis_timeout = self.rng.choice((1000, 1000, 400))
         self.long_stalls = seconds >= 60
         self.timeline = []
         self.violations = []
@@ -607,9 +616,11 @@ class Round:
 
     # -- the stack
     def make_stack(self):
-        wargs = ["--redis-timeout", "1000", "--history", str(self.history), "--sse-heartbeat", "2",
-                 "--max-poll-timeout", "30"]
-        rargs = ["--redis-timeout", "1000"]
+        common = ["--redis-timeout", str(self.redis_timeout),
+                  "--max-history-reads", str(self.max_reads)]
+        wargs = common + ["--history", str(self.history), "--sse-heartbeat", "2",
+                          "--max-poll-timeout", "30"]
+        rargs = common
         return Stack(workers=2, relays=2, worker_args=wargs, relay_args=rargs,
                      redis_args=["--appendonly", "yes", "--appendfsync", self.mode],
                      nginx_env={"SHUTDOWN_TIMEOUT": "5s"})
@@ -668,6 +679,24 @@ class Round:
         except (OSError, RuntimeError) as e:
             self.event("CLIENT KILL failed: %s" % e)
 
+    async def op_redis_client_one(self, pick):
+        """Kill one connection of one process (a partial network failure:
+        only its pub/sub, or only its commands, go)."""
+        r = Resp(self.s.redis_port)
+        try:
+            me = await asyncio.to_thread(r.cmd, "CLIENT", "ID")
+            rows = (await asyncio.to_thread(r.cmd, "CLIENT", "LIST")).decode().splitlines()
+            ids = sorted(int(f[3:]) for row in rows for f in row.split() if f.startswith("id="))
+            ids = [i for i in ids if i != me]
+            if ids:
+                victim = ids[int(pick * len(ids))]
+                row = next(x for x in rows if x.startswith("id=%d " % victim))
+                await asyncio.to_thread(r.cmd, "CLIENT", "KILL", "ID", victim)
+                self.event("killed Redis connection %s" % " ".join(
+                    f for f in row.split() if f.split("=")[0] in ("id", "addr", "cmd", "sub")))
+        except (OSError, RuntimeError) as e:
+            self.event("CLIENT KILL ID failed: %s" % e)
+
     async def op_redis_pause(self, d):
         try:
             await asyncio.to_thread(Resp(self.s.redis_port).cmd, "CLIENT", "PAUSE", int(d * 1000),
@@ -691,6 +720,16 @@ class Round:
             self.event("%s started again" % name)
         finally:
             self.expect_down.discard(name)
+
+    async def op_freeze(self, name, d):
+        """SIGSTOP a worker or relay for d seconds (a stalled host, a long GC
+        pause): its Redis timers fire late, Redis buffers its pub/sub."""
+        p = self.procs()[name]
+        p.send(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(d)
+        finally:
+            p.send(signal.SIGCONT)
 
     async def op_nginx_reload(self):
         old = set(C.children(self.s.nginx.pid))
@@ -787,11 +826,22 @@ class Round:
                ("redis_clients", 1.0), ("redis_pause", 1.0), ("worker_kill", 2.0),
                ("worker_term", 1.5), ("relay_kill", 1.5), ("relay_term", 1.0),
                ("nginx_reload", 1.5), ("drop", 3.0), ("stall", 3.0), ("burst", 1.2),
-               ("flood", 0.8)]
+               ("flood", 0.8), ("worker_stop", 1.0), ("relay_stop", 1.0),
+               ("redis_client_one", 1.5)]
+        if self.long_stalls:
+            ops.append(("redis_outage", 0.3))
         if self.mode == "everysec":
             ops.append(("redis_crash", 1.0))
         kind = rng.choices([o for o, _ in ops], [w for _, w in ops])[0]
         d = rng.uniform(0.0, 2.5)
+        if kind == "redis_outage":
+            d = rng.uniform(10.0, 30.0)
+            return kind, "redis", lambda: self.op_redis_stop(d), \
+                "SIGSTOP redis for %.1fs (longer than the poll timeouts)" % d
+        if kind == "redis_client_one":
+            pick = rng.random()
+            return kind, "redis", lambda: self.op_redis_client_one(pick), \
+                "kill one Redis connection"
         if kind == "redis_crash":
             cut = rng.randint(1, 8000)
             return kind, "redis", lambda: self.op_redis_crash(cut, d), \
@@ -820,6 +870,10 @@ class Round:
         if kind == "redis_pause":
             d = rng.uniform(0.3, 3.0)
             return kind, "redis", lambda: self.op_redis_pause(d), "CLIENT PAUSE WRITE %.1fs" % d
+        if kind in ("worker_stop", "relay_stop"):
+            name = "%s-%d" % (kind.split("_")[0], rng.randrange(2))
+            d = rng.uniform(0.3, 6.0)
+            return kind, name, lambda: self.op_freeze(name, d), "SIGSTOP %s for %.1fs" % (name, d)
         if kind in ("worker_kill", "worker_term", "relay_kill", "relay_term"):
             name = "%s-%d" % (kind.split("_")[0], rng.randrange(2))
             sig = signal.SIGKILL if kind.endswith("kill") else signal.SIGTERM
@@ -849,7 +903,7 @@ class Round:
         rng = random.Random(self.rng.random())
         tasks = set()
         while time.monotonic() < until:
-            await asyncio.sleep(rng.expovariate(1 / 1.2))
+            await asyncio.sleep(rng.expovariate(1 / self.interval))
             if time.monotonic() >= until:
                 break
             kind, res, fn, what = self.pick(rng)
@@ -1080,12 +1134,14 @@ class Round:
     def summary(self):
         faults = dict(sorted(self.ops.items()))
         st = self.stats
-        return ("round %d mode=%s history=%d: operations=%d (skipped %d) faults=%s messages=%d "
+        return ("round %d mode=%s history=%d interval=%.1fs max_reads=%d redis_timeout=%d: "
+                "operations=%d (skipped %d) faults=%s messages=%d "
                 "acked=%d deliveries_checked=%d acked_deliveries_checked=%d resets=%d "
                 "channel_epochs=%d "
                 "ws_cutoffs=%d sse_cutoffs=%d drops=%d stalls=%d acked_lost_with_epoch=%d "
                 "converge=%ss lag_max=%ss violations=%d" % (
-                    self.index, self.mode, self.history, sum(self.ops.values()), self.skipped,
+                    self.index, self.mode, self.history, self.interval, self.max_reads,
+                    self.redis_timeout, sum(self.ops.values()), self.skipped,
                     faults, st["messages_stored"], st["acked"], st["deliveries"],
                     st["acked_deliveries_checked"], st["resets"], st["epochs"], st["ws_cutoffs"],
                     st["sse_cutoffs"], st["drops"], st["stalls"], st["acked_lost_with_epoch"],

@@ -26,6 +26,7 @@ the event loop; everything is bounded by the caller cancelling the tasks.
 """
 import asyncio
 import collections
+import hashlib
 import json
 import os
 import random
@@ -618,10 +619,18 @@ async def open_socket(host, port, rcvbuf=None):
     return s
 
 
+def content_key(content):
+    """A message's content as the logs keep it: its head (readable in
+    reports) and a digest of all of it (byte-for-byte comparison without
+    keeping megabytes of replays)."""
+    raw = content.encode("utf-8", "surrogatepass")
+    return "%s#%d#%s" % (content[:40], len(raw), hashlib.blake2b(raw, digest_size=10).hexdigest())
+
+
 class LogClient(Recorder):
     """A resuming client that logs, in order, everything a checker needs:
 
-      ("m", epoch, id, content, t)         a message
+      ("m", epoch, id, content, t)         a message (content: content_key)
       ("reset", epoch, first, newest, more, t)
                                            a reset: first is the first id of
                                            the replay when the transport says
@@ -657,9 +666,8 @@ class LogClient(Recorder):
         return (self.epoch, self.since) if self.has_since else None
 
     def rec_msg(self, epoch, mid, content):
-        self.log.append(("m", epoch, mid, content, time.monotonic()))
+        self.log.append(("m", epoch, mid, content_key(content), time.monotonic()))
         self.ids.append(mid)
-        self.contents.append(content)
         self.epoch, self.since, self.has_since = epoch, mid, True
         self.last_rx = time.monotonic()
 
@@ -871,6 +879,10 @@ class ResumingWs(LogClient):
                 self.errors["close-%d" % code] += 1
                 self.cutoffs += code == 1008
                 self.note("closed %d" % code)
+                # Going away (a relay stopping), too slow (1008/1013), or
+                # the connection lost: nothing else is due to this client.
+                if code not in (1001, 1006, 1008, 1013):
+                    self.rec_bad("closed with %d %r" % (code, e.rcvd.reason if e.rcvd else ""))
             except websockets.exceptions.InvalidStatusCode as e:
                 self.errors[e.status_code] += 1
                 hdrs = {k.lower(): v for k, v in getattr(e, "headers", {}).items()}
