@@ -66,7 +66,11 @@ BATCH_BYTES = 1 << 20     # the hub's batch budget (daemon.c): a replay may come
 ENTRY_OVERHEAD = 48       # what read.lua counts per message besides its content
 EXTRA_BAD = re.compile(r"hub invariant violated|ERROR: AddressSanitizer|ERROR: LeakSanitizer|"
                        r"runtime error:|SUMMARY: UndefinedBehaviorSanitizer|Assertion .* failed|"
-                       r"\[alert\]|\[emerg\]")
+                       r"\[alert\]|\[emerg\]|"
+                       # nginx never sends a malformed record, nor a request on a
+                       # connection whose answer it has not read: the worker's
+                       # view of a connection would be wrong.
+                       r"FastCGI protocol error|FastCGI request on a busy connection")
 SPECIAL = ' "q" \\ <b>&amp; \u00e9 \u4e2d \U0001f600 \t\n'
 
 
@@ -590,6 +594,7 @@ class Round:
         self.interval = self.rng.choice((0.5, 1.2, 1.2, 2.5))
         self.max_reads = self.rng.choice((32, 32, 2))
         self.redis_timeout = self.rng.choice((1000, 1000, 400))
+        self.scale = self.rng.choice((1, 1, 3))  # clients of each kind per channel
         self.long_stalls = seconds >= 60
         self.timeline = []
         self.violations = []
@@ -957,18 +962,21 @@ class Round:
         for j, (short, _, _, _) in enumerate(CHANNEL_KINDS):
             ch = self.channel_of[short]
             seed = self.rng.random
-            relay = s.relay_ports[j % len(s.relay_ports)]
-            out += [
-                C.ResumingLongPoll(HOST, s.port, ch, 0, (1, 3, 10, 20), 0.2, short + "/lp", seed()),
-                C.ResumingLongPoll(HOST, s.port, ch, 0, (0,), 0.4, short + "/lp-t0", seed()),
-                C.ResumingLongPoll(HOST, s.port, ch, None, (2, 10), 0.1, short + "/lp-nosince",
-                                   seed()),
-                C.ResumingWs(HOST, s.port, ch, 0, short + "/ws", seed(), rcvbuf=32768),
-                C.ResumingWs(HOST, relay, ch, 0, short + "/ws-direct", seed(), rcvbuf=32768),
-                C.ResumingWs(HOST, s.port, ch, None, short + "/ws-nosince", seed()),
-                C.SseClient(HOST, s.port, ch, 0, short + "/sse", seed(), rcvbuf=32768),
-                C.SseClient(HOST, s.port, ch, None, short + "/sse-nosince", seed()),
-            ]
+            for n in range(self.scale):
+                name = short + ("/%d" % n if n else "/")
+                relay = s.relay_ports[(j + n) % len(s.relay_ports)]
+                out += [
+                    C.ResumingLongPoll(HOST, s.port, ch, 0, (1, 3, 10, 20), 0.2, name + "lp",
+                                       seed()),
+                    C.ResumingLongPoll(HOST, s.port, ch, 0, (0,), 0.4, name + "lp-t0", seed()),
+                    C.ResumingLongPoll(HOST, s.port, ch, None, (2, 10), 0.1, name + "lp-nosince",
+                                       seed()),
+                    C.ResumingWs(HOST, s.port, ch, 0, name + "ws", seed(), rcvbuf=32768),
+                    C.ResumingWs(HOST, relay, ch, 0, name + "ws-direct", seed(), rcvbuf=32768),
+                    C.ResumingWs(HOST, s.port, ch, None, name + "ws-nosince", seed()),
+                    C.SseClient(HOST, s.port, ch, 0, name + "sse", seed(), rcvbuf=32768),
+                    C.SseClient(HOST, s.port, ch, None, name + "sse-nosince", seed()),
+                ]
         for c in out:
             c.first_since_given = c.has_since
         return out
@@ -1106,6 +1114,8 @@ class Round:
                         n_cut += 1
                     if "EventSource client too slow" in line:
                         n_sse_cut += 1
+                    if "resyncing" in line:
+                        self.stats["resyncs_logged"] += 1
         self.stats["ws_cutoffs"] = n_cut
         self.stats["sse_cutoffs"] = n_sse_cut
         if self.violations:
@@ -1134,17 +1144,21 @@ class Round:
     def summary(self):
         faults = dict(sorted(self.ops.items()))
         st = self.stats
-        return ("round %d mode=%s history=%d interval=%.1fs max_reads=%d redis_timeout=%d: "
+        return ("round %d mode=%s history=%d interval=%.1fs max_reads=%d redis_timeout=%d "
+                "clients=%d: "
                 "operations=%d (skipped %d) faults=%s messages=%d "
                 "acked=%d deliveries_checked=%d acked_deliveries_checked=%d resets=%d "
                 "channel_epochs=%d "
-                "ws_cutoffs=%d sse_cutoffs=%d drops=%d stalls=%d acked_lost_with_epoch=%d "
+                "ws_cutoffs=%d sse_cutoffs=%d resyncs_logged=%d drops=%d stalls=%d "
+                "acked_lost_with_epoch=%d "
                 "converge=%ss lag_max=%ss violations=%d" % (
                     self.index, self.mode, self.history, self.interval, self.max_reads,
-                    self.redis_timeout, sum(self.ops.values()), self.skipped,
+                    self.redis_timeout, len(getattr(self, "clients", ())),
+                    sum(self.ops.values()), self.skipped,
                     faults, st["messages_stored"], st["acked"], st["deliveries"],
                     st["acked_deliveries_checked"], st["resets"], st["epochs"], st["ws_cutoffs"],
-                    st["sse_cutoffs"], st["drops"], st["stalls"], st["acked_lost_with_epoch"],
+                    st["sse_cutoffs"], st["resyncs_logged"], st["drops"], st["stalls"],
+                    st["acked_lost_with_epoch"],
                     st["converge_seconds"], st["loop_lag_max"], len(self.violations)))
 
     def report(self):
