@@ -956,6 +956,15 @@ void hub_unsubscribe(hub *h, hub_sub *s)
     HUB_LEAVE(h);
 }
 
+void hub_sub_pause(hub *h, hub_sub *s)
+{
+    if (s->ch && s->persistent && (s->state == SUB_WAIT || s->state == SUB_PARKED)) {
+        HUB_ENTER(h);
+        set_state(h, s, SUB_PAUSED);
+        HUB_LEAVE(h);
+    }
+}
+
 void hub_sub_resume(hub *h, hub_sub *s)
 {
     if (s->ch && s->state == SUB_PAUSED) {

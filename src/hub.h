@@ -43,7 +43,8 @@
  *   PARKED   up to date: has_since, epoch is the channel's, since == last_id
  *            (or since > last_id, verified by a read that pub/sub has not
  *            caught up with); the next live message is delivered to it;
- *   PAUSED   persistent, after a batch with more, until hub_sub_resume;
+ *   PAUSED   persistent, after a batch with more or hub_sub_pause, until
+ *            hub_sub_resume;
  *   QUEUED   needs a read of its own while max_reads are in flight: on the
  *            hub's queue (op_prev/op_next), served in arrival order as reads
  *            finish;
@@ -167,7 +168,14 @@ int hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint6
  * from inside deliver and with a read in flight. */
 void hub_unsubscribe(hub *h, hub_sub *s);
 
-/* Continue a persistent subscriber paused after a batch with more. */
+/* A persistent subscriber whose transport cannot take more now (its queue
+ * is full) stops receiving; hub_sub_resume catches it up later, from memory
+ * or from Redis. Also from inside deliver. No-op while a read is out for it
+ * (deliver follows, and may pause it then). */
+void hub_sub_pause(hub *h, hub_sub *s);
+
+/* Continue a persistent subscriber paused after a batch with more or by
+ * hub_sub_pause. */
 void hub_sub_resume(hub *h, hub_sub *s);
 
 /* The name of the channel s follows, "" when detached. */

@@ -319,12 +319,20 @@ static void on_deliver(hub_sub *s, hub_batch *b)
     }
     R.st.frames_out += b->n + (b->reset ? 1 : 0);
     release_101(c);
-    bool ok = client_queue(c, frames);
+    /* A client that has read (nearly) everything may take one batch larger
+     * than --max-queue (a replay from history can encode to more than the
+     * queue: cutting it off would make it reconnect into the same batch
+     * forever); it then gets nothing more until it has read it. A client
+     * already behind is cut off. */
+    bool caught_up = conn_queued(&c->c) < cfg.max_queue / 4;
+    bool ok = caught_up ? (conn_push(&c->c, frames), true) : client_queue(c, frames);
     rbuf_unref(frames);
     if (!ok)
         return;
-    if (b->more)
+    if (b->more || conn_queued(&c->c) > cfg.max_queue) {
         c->paused = true;
+        hub_sub_pause(R.d.h, &c->sub);
+    }
     /* Written after the round: one writev carries every frame queued for
      * this client meanwhile. */
     conn_flush_later(&c->c);

@@ -353,6 +353,9 @@ static void on_deliver(hub_sub *s, hub_batch *b)
     }
     /* EventSource: append events; the stream stays open. */
     sse_open(r);
+    /* As the relay does: a stream that has read (nearly) everything takes
+     * one batch beyond the bound, and nothing more until it is written. */
+    bool caught_up = conn_queued(&r->c) < SSE_QUEUE_MAX / 4;
     rbuf *rec;
     if (c) {
         if (!c->sse)
@@ -363,14 +366,16 @@ static void on_deliver(hub_sub *s, hub_batch *b)
     }
     size_t queued = conn_push(&r->c, rec);
     rbuf_unref(rec);
-    if (queued > SSE_QUEUE_MAX) {
+    if (queued > SSE_QUEUE_MAX && !caught_up) {
         W.st.sse_cutoffs++;
         log_info("EventSource client too slow (%zu bytes queued): closing", queued);
         req_close(r); /* memory freed after the batch, as hub.h asks */
         return;
     }
-    if (b->more)
+    if (b->more || queued > SSE_QUEUE_MAX) {
         r->sse_paused = true;
+        hub_sub_pause(W.d.h, &r->sub);
+    }
     req_flush(r);
     if (r->phase == P_ACTIVE && r->sse_paused && conn_queued(&r->c) < SSE_RESUME_MAX) {
         r->sse_paused = false;

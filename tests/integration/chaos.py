@@ -63,7 +63,7 @@ from stack import Stack
 
 HOST = "127.0.0.1"
 BATCH_BYTES = 1 << 20     # the hub's batch budget (daemon.c): a replay may come in parts
-ENTRY_OVERHEAD = 48       # what read.lua counts per message besides its content
+ENTRY_OVERHEAD = 160      # what read.lua counts per message besides its content
 EXTRA_BAD = re.compile(r"hub invariant violated|ERROR: AddressSanitizer|ERROR: LeakSanitizer|"
                        r"runtime error:|SUMMARY: UndefinedBehaviorSanitizer|Assertion .* failed|"
                        r"\[alert\]|\[emerg\]|"

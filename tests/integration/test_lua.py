@@ -221,7 +221,7 @@ def test_read_budget_cuts_with_more(redis):
     r, k = redis, keys()
     for i in range(5):
         publish(r, k, "x" * 100, history=10)
-    head, ents = read(r, k, since=0, budget=300)  # each costs 102 + 48
+    head, ents = read(r, k, since=0, budget=600)  # each costs 102 + 160
     assert head["more"] and [e[0] for e in ents] == [1, 2]
     head, ents = read(r, k, since=0, budget=1)  # at least one
     assert head["more"] and [e[0] for e in ents] == [1]

@@ -9,6 +9,7 @@ import asyncio
 import http.client
 import json
 import random
+import re
 import signal
 import socket
 import struct
@@ -18,6 +19,7 @@ import time
 import pytest
 import websockets
 
+import clients as C
 import wsraw
 from stack import Stack, wait_for, async_wait_for, unique_channel
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, encode_frame
@@ -1194,3 +1196,81 @@ def test_ping_flood_from_a_client_that_never_reads(slow_stack, via_nginx):
     print("\n  ping flood (%s): %.1f MB of pings sent in 8 s; relay RSS %.1f -> peak %.1f MB" % (
         "via nginx" if via_nginx else "direct", sent / 1e6, before, peak))
     assert peak - before < 40, "the relay grew %.1f MB under a ping flood" % (peak - before)
+
+
+def publish_many(s, ch, n, size=1, lanes=8):
+    async def lane(k):
+        conn = C.HttpConn("127.0.0.1", s.port)
+        try:
+            for i in range(k, n, lanes):
+                body = ("content=%s&channel=%s" % ("%06d" % i + "x" * max(0, size - 6), ch)).encode()
+                st, h, b = await conn.request("POST", "/chat", body,
+                                              {"Content-Type": "application/x-www-form-urlencoded"})
+                assert st == 200, (st, b)
+        finally:
+            conn.close()
+
+    async def main():
+        await asyncio.gather(*(lane(k) for k in range(lanes)))
+    run(main(), timeout=120)
+
+
+async def catch_up(port, ch, n, limit=30):
+    """Resume from since=0 as the page does (again after every close) until
+    id n arrived; returns (how many closes, with which codes)."""
+    closes, since = [], 0
+    deadline = time.monotonic() + limit
+    while since < n and time.monotonic() < deadline:
+        ws = await connect(port, ch, since=since)
+        try:
+            while since < n:
+                d = await recv_json(ws, 15)
+                if d.get("reset"):
+                    continue
+                assert d["id"] == since + 1, (d["id"], since)
+                since = d["id"]
+        except websockets.exceptions.ConnectionClosed as e:
+            closes.append(e.code)
+        finally:
+            await ws.close()
+    return since, closes
+
+
+@pytest.mark.parametrize("case", ["22,000 tiny messages", "100 messages of 20 KB, --max-queue 64 KiB"])
+def test_resuming_from_a_long_history_is_not_cut_off_forever(case):
+    """Found by the fault test: one history batch (1 MiB of content) of many
+    short messages encoded to more than --max-queue, so a client resuming
+    from far back was closed with 1008 on every attempt and never caught up
+    (long-polls did). Now a client that has read everything takes one batch
+    beyond the bound (and nothing more until it has read it), and a batch's
+    budget counts what each message's envelope adds."""
+    tiny = case.startswith("22")
+    n, size = (22000, 1) if tiny else (100, 20000)
+    relay_args = [] if tiny else ["--max-queue", "65536"]
+    s = Stack(workers=1, relays=1, worker_args=["--history", "25000"], relay_args=relay_args)
+    s.start()
+    try:
+        ch = unique_channel("lh").ljust(64, "x")  # the longest name: the largest envelope
+        publish_many(s, ch, n, size)
+        for port, where in ((s.relay_ports[0], "direct"), (s.port, "through nginx")):
+            since, closes = run(catch_up(port, ch, n), timeout=60)
+            print("\n  %s, %s: caught up to %d of %d with closes %r" % (case, where, since, n,
+                                                                       closes))
+            assert since == n and not closes, (since, closes)
+        # EventSource too.
+        sk = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+        sk.sendall(("GET /status?channel=%s&since=0 HTTP/1.1\r\nHost: t\r\n"
+                    "Accept: text/event-stream\r\n\r\n" % ch).encode())
+        data = b""
+        deadline = time.monotonic() + 30
+        last = re.compile(rb"id: [0-9a-f]+:%d\n" % n)
+        while time.monotonic() < deadline and not last.search(data[-(size + 4096) * 2:]):
+            chunk = sk.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        sk.close()
+        assert last.search(data), "the EventSource stream did not catch up"
+        assert b"event: reset" not in data
+    finally:
+        s.stop()

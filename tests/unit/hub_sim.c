@@ -237,7 +237,7 @@ static void exec_read(sim *s, qitem *it)
         mmsg *m = &c->hist[i];
         if (m->id <= since)
             continue;
-        size_t cost = strlen(m->json) + 48;
+        size_t cost = strlen(m->json) + 160; /* as read.lua */
         if (r->n > 0 && used + cost > it->budget) {
             r->more = true;
             break;
