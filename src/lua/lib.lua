@@ -9,10 +9,21 @@
 --   ARGV[2] "1" when that server cannot have lost acknowledged writes
 --   ARGV[3] a fresh random generation
 --
--- meta_of: the channel's state, KEYS[2] a hash {seq, ep} and KEYS[3] a
--- stream of {t, c}. A missing hash means a new incarnation of the channel:
--- a fresh ep (ARGV[4]), ids from 1, and any leftover stream is dropped so
--- that stream ids keep increasing.
+-- state_of: the channel's state, KEYS[2] a hash {seq, ep} and KEYS[3] a
+-- stream of {t, c} with ids "N-0". A missing hash means a new incarnation
+-- of the channel: a fresh ep (ARGV[4]), ids from 1, and any leftover stream
+-- is dropped so that stream ids keep increasing.
+--
+-- Invariant: the stream holds ids first..seq, every one of them (exact
+-- MAXLEN trimming keeps the newest; an empty stream only when seq is 0).
+-- publish.lua writes the stream entry before seq, so a script cut short
+-- leaves at worst one stored message that seq does not count: seq catches
+-- up to it (same ep, nothing was skipped). Any other disagreement (a
+-- message missing from the tail or, with full, a hole inside) means
+-- messages are gone: the channel starts a new incarnation, so every client
+-- is reset instead of skipping ids silently. Both repairs are logged in
+-- the Redis log.
+-- Returns seq, ep, the newest entry (or nil) and, with full, the oldest id.
 local function gen_of(srv)
   local cur = redis.call('HMGET', srv, 'runid', 'gen')
   local gen = cur[2]
@@ -21,11 +32,36 @@ local function gen_of(srv)
   redis.call('HSET', srv, 'runid', ARGV[1], 'gen', gen)
   return gen
 end
-local function meta_of(ttl)
+local function id_of(entry) return tonumber(string.match(entry[1], '^%d+')) end
+local function state_of(ttl, full)
   local m = redis.call('HMGET', KEYS[2], 'seq', 'ep')
-  if m[2] then return tonumber(m[1]) or 0, m[2] end
+  if not m[2] then
+    redis.call('DEL', KEYS[3])
+    redis.call('HSET', KEYS[2], 'seq', 0, 'ep', ARGV[4])
+    redis.call('EXPIRE', KEYS[2], ttl)
+    return 0, ARGV[4], nil, 1
+  end
+  local seq, ep = tonumber(m[1]) or 0, m[2]
+  local top = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+  local last = top and id_of(top) or 0
+  local oldest = seq + 1
+  local sound = last >= seq
+  if sound and full and top then
+    oldest = id_of(redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1])
+    sound = redis.call('XLEN', KEYS[3]) == last - oldest + 1
+  end
+  if sound then
+    if last > seq then
+      redis.log(redis.LOG_WARNING, 'pushwire: ' .. KEYS[2] .. ' seq ' .. seq ..
+                ' behind its stream (' .. last .. '): counted')
+      redis.call('HSET', KEYS[2], 'seq', last)
+      seq = last
+    end
+    return seq, ep, top, oldest
+  end
+  redis.log(redis.LOG_WARNING, 'pushwire: ' .. KEYS[2] .. ' seq ' .. seq .. ' but its stream ends at ' ..
+            last .. (full and top and (' from ' .. oldest) or '') .. ': messages lost, new incarnation')
   redis.call('DEL', KEYS[3])
   redis.call('HSET', KEYS[2], 'seq', 0, 'ep', ARGV[4])
-  redis.call('EXPIRE', KEYS[2], ttl)
-  return 0, ARGV[4]
+  return 0, ARGV[4], nil, 1
 end

@@ -7,6 +7,10 @@
 -- Returns {epoch, id, duplicate}: duplicate is 1 when the idempotency key
 -- was seen within its ttl, and then nothing was stored or published.
 -- The pub/sub payload is "EPOCH ID TIME CONTENT" (envelope.h).
+-- The order of the writes keeps lib.lua's invariant if any of them fails
+-- (Redis runs a script's writes before a failure): the stream entry first,
+-- then seq, then the expiries; the message is published, and acknowledged,
+-- only when all of them are done.
 local gen = gen_of(KEYS[1])
 if ARGV[9] == '1' then
   local prev = redis.call('GET', KEYS[4])
@@ -15,13 +19,13 @@ if ARGV[9] == '1' then
     return {string.sub(prev, 1, sp - 1), tonumber(string.sub(prev, sp + 1)), 1}
   end
 end
-local seq, ep = meta_of(ARGV[5])
+local seq, ep = state_of(ARGV[5], false)
 seq = seq + 1
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[2], 'seq', seq)
 local sseq, sms = string.format('%d', seq), string.format('%d', ms)
 redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[7], sseq .. '-0', 't', sms, 'c', ARGV[6])
+redis.call('HSET', KEYS[2], 'seq', seq)
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('EXPIRE', KEYS[3], ARGV[5])
 local epoch = gen .. ep

@@ -11,20 +11,14 @@
 --          id1, time1, content1, ...}: more is 1 when the budget stopped
 --          the list short of newest.
 local gen = gen_of(KEYS[1])
-local seq, ep = meta_of(ARGV[5])
+local seq, ep, top, oldest = state_of(ARGV[5], true)
 -- Nobody published yet: the state lives on while it is read, and goes
 -- ARGV[5] seconds after the last read (polls to random names cost Redis
 -- only that long).
 if seq == 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
 local epoch = gen .. ep
 local out = {epoch, seq, 0, 0, 0, ''}
-local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
-if last[1] and tonumber(string.match(last[1][1], '^%d+')) == seq then
-  out[5] = tonumber(last[1][2][2]); out[6] = last[1][2][4]
-end
-local oldest = seq + 1
-local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
-if first[1] then oldest = tonumber(string.match(first[1][1], '^%d+')) end
+if top then out[5] = tonumber(top[2][2]); out[6] = top[2][4] end
 local has_since = ARGV[6] == '1'
 local since = tonumber(ARGV[7]) or 0
 if (ARGV[8] ~= '' and ARGV[8] ~= epoch) or

@@ -83,11 +83,13 @@ class Resp:
 def redis(tmp_path_factory):
     d = tmp_path_factory.mktemp("lua")
     port = free_port()
+    log = d / "redis.log"
     p = Proc("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                       "--appendonly", "no", "--dir", str(d)], str(d / "redis.log")).start()
+                       "--appendonly", "no", "--dir", str(d)], str(log)).start()
     wait_for(lambda: Resp(port).cmd("PING") == "PONG", what="redis")
     r = Resp(port)
     r.port = port
+    r.log = log
     yield r
     r.close()
     p.stop()
@@ -183,6 +185,66 @@ def test_a_forgotten_channel_starts_a_new_incarnation(redis):
     epoch, mid, _ = publish(r, k, "new", ep="epNEW001")
     assert mid == 1 and epoch.endswith("epNEW001")
     assert r.cmd("XLEN", k["hist"]) == 1  # the leftover stream was dropped
+
+
+def entry(r, k, mid, content):
+    r.cmd("XADD", k["hist"], "%d-0" % mid, "t", 1000 + mid, "c", '"%s"' % content)
+
+
+def warned(r, k, text):
+    return any(k["meta"] in l and text in l for l in open(r.log, errors="replace"))
+
+
+def test_a_stored_message_seq_did_not_count_is_counted(redis):
+    # A script cut short after its XADD (publish.lua writes the stream entry
+    # first): the message is kept, seq catches up, nothing is skipped and the
+    # epoch stays.
+    r, k = redis, keys()
+    epoch = [publish(r, k, "m%d" % i, history=10)[0] for i in range(3)][-1]
+    entry(r, k, 4, "cut")
+    head, ents = read(r, k, since=2, epoch=epoch)
+    assert (head["epoch"], head["newest"], head["reset"]) == (epoch, 4, False)
+    assert [e[0] for e in ents] == [3, 4] and ents[-1][2] == '"cut"'
+    assert r.cmd("HGET", k["meta"], "seq") == "4"
+    entry(r, k, 5, "cut2")  # and through a publish
+    assert publish(r, k, "m5", history=10)[:2] == [epoch, 6]
+    head, ents = read(r, k, since=0, epoch=epoch)
+    assert [e[0] for e in ents] == [1, 2, 3, 4, 5, 6] and not head["reset"]
+    assert warned(r, k, "behind its stream")
+
+
+@pytest.mark.parametrize("damage", ["tail", "hole", "empty"])
+def test_lost_messages_reset_every_client_instead_of_a_silent_gap(redis, damage):
+    # Messages missing from the history (seq ahead of the stream's end, a
+    # hole inside it, or no stream at all) cannot be given to anyone: the
+    # channel starts a new incarnation, so every client is reset and no one
+    # moves past ids it never got.
+    r, k = redis, keys()
+    epoch = [publish(r, k, "m%d" % i, history=10)[0] for i in range(5)][-1]
+    if damage == "tail":
+        r.cmd("HSET", k["meta"], "seq", 7)
+    elif damage == "hole":
+        r.cmd("XDEL", k["hist"], "3-0")
+    else:
+        r.cmd("DEL", k["hist"])
+    head, ents = read(r, k, since=2, epoch=epoch, ep="epFRESH1")
+    assert head["reset"] and head["epoch"] == "gen00001epFRESH1" and head["newest"] == 0
+    assert ents == [] and r.cmd("EXISTS", k["hist"]) == 0
+    assert warned(r, k, "messages lost, new incarnation")
+    assert publish(r, k, "after", ep="epOTHER1")[:2] == ["gen00001epFRESH1", 1]
+    head, ents = read(r, k, since=0, epoch="gen00001epFRESH1")
+    assert not head["reset"] and [e[2] for e in ents] == ['"after"']
+
+
+def test_publish_never_numbers_past_lost_messages(redis):
+    # seq ahead of the stream's end seen by a publish: the new message starts
+    # the new incarnation at id 1 rather than leaving ids no one can read.
+    r, k = redis, keys()
+    epoch = [publish(r, k, "m%d" % i)[0] for i in range(3)][-1]
+    r.cmd("HSET", k["meta"], "seq", 9)
+    e2, mid, _ = publish(r, k, "next", ep="epNEXT01")
+    assert (e2, mid) == ("gen00001epNEXT01", 1) and e2 != epoch
+    assert r.cmd("XLEN", k["hist"]) == 1
 
 
 def test_read_without_since_gives_the_state_only(redis):

@@ -182,7 +182,7 @@ static void chan_epoch(const sim *s, const mchan *c, char *out)
     snprintf(out, PW_EPOCH_MAX + 1, "%s%s", s->gen_s, c->ep);
 }
 
-/* meta_of: a channel without state gets a fresh incarnation. */
+/* state_of (lib.lua): a channel without state gets a fresh incarnation. */
 static mchan *chan_meta(sim *s, int i)
 {
     mchan *c = &s->ch[i];
