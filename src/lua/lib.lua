@@ -33,14 +33,17 @@ local function gen_of(srv)
   return gen
 end
 local function id_of(entry) return tonumber(string.match(entry[1], '^%d+')) end
+-- A new incarnation: an empty stream, seq 0, a fresh ep; ttl for a new hash
+-- (a repaired one keeps its own).
+local function incarnation(ttl)
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[2], 'seq', 0, 'ep', ARGV[4])
+  if ttl then redis.call('EXPIRE', KEYS[2], ttl) end
+  return 0, ARGV[4], nil, 1
+end
 local function state_of(ttl, full)
   local m = redis.call('HMGET', KEYS[2], 'seq', 'ep')
-  if not m[2] then
-    redis.call('DEL', KEYS[3])
-    redis.call('HSET', KEYS[2], 'seq', 0, 'ep', ARGV[4])
-    redis.call('EXPIRE', KEYS[2], ttl)
-    return 0, ARGV[4], nil, 1
-  end
+  if not m[2] then return incarnation(ttl) end
   local seq, ep = tonumber(m[1]) or 0, m[2]
   local top = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
   local last = top and id_of(top) or 0
@@ -61,7 +64,5 @@ local function state_of(ttl, full)
   end
   redis.log(redis.LOG_WARNING, 'pushwire: ' .. KEYS[2] .. ' seq ' .. seq .. ' but its stream ends at ' ..
             last .. (full and top and (' from ' .. oldest) or '') .. ': messages lost, new incarnation')
-  redis.call('DEL', KEYS[3])
-  redis.call('HSET', KEYS[2], 'seq', 0, 'ep', ARGV[4])
-  return 0, ARGV[4], nil, 1
+  return incarnation()
 end
