@@ -374,14 +374,17 @@ static void deliver(hub *h, hub_sub *s, hub_batch *b)
     s->since = b->n ? b->msgs[b->n - 1]->id : b->newest_id;
     s->has_since = true;
     snprintf(s->epoch, sizeof s->epoch, "%s", b->epoch);
+    s->epoch_filled = s->since_filled = false; /* the client knows them now */
     set_state(h, s, b->more ? SUB_PAUSED : SUB_WAIT);
     s->ops->deliver(s, b);
 }
 
 static void park(hub *h, hub_sub *s)
 {
-    if (!s->epoch[0])
+    if (!s->epoch[0]) {
         snprintf(s->epoch, sizeof s->epoch, "%s", s->ch->epoch);
+        s->epoch_filled = true;
+    }
     set_state(h, s, SUB_PARKED);
     if (s->ops->parked)
         s->ops->parked(s);
@@ -405,6 +408,23 @@ static void ring_push(hub *h, hub_channel *ch, const pw_msg *m)
     rbuf_ref(slot->json);
     ch->ring_n++;
     ch->ring_bytes += m->json->len;
+}
+
+/* s holds an epoch that has ended (the channel or a read has another).
+ * When the hub filled it in for a client that named a since but no epoch
+ * and has been given nothing, the client has no position in that epoch: it
+ * keeps its since under SPEC.md's rules for a since without epoch (reset
+ * only when outside the retained ids). Returns true then. Otherwise (the
+ * client named or was given the epoch, or named no since, so that its "now"
+ * was in the ended epoch) Redis decides, with a reset. */
+static bool sub_drop_filled_epoch(hub_sub *s)
+{
+    if (!s->epoch_filled || s->since_filled)
+        return false;
+    s->epoch[0] = '\0';
+    s->epoch_filled = false;
+    s->verified = false;
+    return true;
 }
 
 /* Deliver ring messages after s->since to s. The ring is contiguous and
@@ -588,6 +608,12 @@ static void read_deliver(hub *h, hub_channel *ch, hub_sub *list, const broker_re
     for (hub_sub *s = list, *next; s; s = next) {
         next = s->op_next;
         s->op_prev = s->op_next = NULL;
+        if (r->reset && strcmp(r->epoch, s->epoch) != 0 && sub_drop_filled_epoch(s)) {
+            set_state(h, s, SUB_WAIT);
+            if (continuous)
+                sub_process(h, s); /* asks again, without the epoch */
+            continue;
+        }
         if (r->reset || r->n) {
             bool one_shot = !s->persistent;
             deliver(h, s, &b);
@@ -602,7 +628,10 @@ static void read_deliver(hub *h, hub_channel *ch, hub_sub *list, const broker_re
             if (!s->has_since) {
                 s->has_since = true;
                 s->since = r->newest;
+                s->since_filled = true;
             }
+            if (!s->epoch[0])
+                s->epoch_filled = true;
             snprintf(s->epoch, sizeof s->epoch, "%s", r->epoch);
             s->verified = continuous;
             set_state(h, s, SUB_WAIT);
@@ -752,13 +781,14 @@ static void sub_process(hub *h, hub_sub *s)
             sub_read(h, s);
         return;
     }
-    if (s->epoch[0] && strcmp(s->epoch, ch->epoch) != 0) {
+    if (s->epoch[0] && strcmp(s->epoch, ch->epoch) != 0 && !sub_drop_filled_epoch(s)) {
         sub_read(h, s); /* Redis decides: reset, or the epoch moved on meanwhile */
         return;
     }
     if (!s->has_since) {
         s->has_since = true;
         s->since = ch->last_id;
+        s->since_filled = true;
         s->verified = true;
         park(h, s);
         return;
@@ -942,6 +972,7 @@ int hub_subscribe(hub *h, hub_sub *s, const char *channel, bool has_since, uint6
     s->since = has_since ? since : 0;
     s->verified = false;
     snprintf(s->epoch, sizeof s->epoch, "%s", epoch ? epoch : "");
+    s->epoch_filled = s->since_filled = false;
     sub_link(ch, s);
     set_state(h, s, SUB_WAIT);
     sub_process(h, s);

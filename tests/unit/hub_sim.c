@@ -87,7 +87,7 @@ typedef struct ssub {
     int ch;
     bool has_pos; /* pos is what it has (since, then each delivery) */
     uint64_t pos;
-    char epoch[PW_EPOCH_MAX + 1];
+    char epoch[PW_EPOCH_MAX + 1]; /* what it named, then each delivery's */
     int answers;
 } ssub;
 
@@ -413,7 +413,28 @@ static void on_deliver(hub_sub *hs, hub_batch *b)
         if (i && b->msgs[i]->id != b->msgs[i - 1]->id + 1)
             fail(s, "sub %d: batch not contiguous at %llu", k, (unsigned long long)b->msgs[i]->id);
     }
-    if (!b->reset) {
+    if (b->reset) {
+        /* SPEC.md's causes, from what the client knows: the epoch it named
+         * or was given is not current, or its since is beyond the newest id
+         * or older than the oldest retained one minus one. A client that
+         * named no since and has nothing yet started at the hub's "now",
+         * which may lie in an epoch Redis has already left (the hub learns
+         * it later) or before history that is trimmed meanwhile: not
+         * checkable from here, and a reset is then how it learns. */
+        bool cause;
+        if (u->epoch[0] && strcmp(u->epoch, b->epoch) != 0)
+            cause = true;
+        else if (!u->has_pos)
+            cause = true;
+        else if (b->n == 0)
+            cause = u->pos != b->newest_id;
+        else
+            cause = u->pos > b->newest_id || b->msgs[0]->id > u->pos + 1;
+        if (!cause)
+            fail(s, "sub %d at %s%llu of epoch %s reset without cause (newest %llu, %zu msgs)", k,
+                 u->has_pos ? "" : "none/", (unsigned long long)u->pos,
+                 u->epoch[0] ? u->epoch : "(none)", (unsigned long long)b->newest_id, b->n);
+    } else {
         if (u->epoch[0] && strcmp(u->epoch, b->epoch) != 0)
             fail(s, "sub %d of epoch %s got epoch %s without a reset", k, u->epoch, b->epoch);
         if (b->n == 0)
