@@ -113,10 +113,10 @@ struct hub_sub {
     uint64_t since;
     char epoch[PW_EPOCH_MAX + 1]; /* "" until known */
     /* since/epoch were filled in by the hub (the client named none) and no
-     * batch has told the client yet: they are not the client's position.
-     * When that epoch ends, the client is where it started (SPEC.md's
-     * rules for since without epoch; "no since" is since 0 of any epoch
-     * that began after it subscribed), not reset. Cleared by a delivery. */
+     * batch has told the client yet. When such an epoch ends, a client that
+     * named its since keeps it (SPEC.md's rules for a since without epoch);
+     * one whose since was filled in too started "now" in the ended epoch
+     * and is reset. Cleared by a delivery (sub_drop_filled_epoch). */
     bool epoch_filled, since_filled;
     bool has_since;
     bool verified;   /* since is known not to be ahead of Redis */

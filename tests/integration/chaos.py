@@ -51,7 +51,6 @@ import random
 import re
 import shutil
 import signal
-import tempfile
 import socket
 import time
 import traceback
@@ -1082,12 +1081,9 @@ class Round:
         finally:
             try:
                 self.collect_logs()
-                # The stack's directory goes with it: keep a copy until the
-                # check says whether the logs are wanted.
-                self.stash = tempfile.mkdtemp(prefix="pw-chaos-stash-")
-                shutil.copytree(self.s.dir, self.stash, dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns("*.sock", "tmp"))
-                self.s.stop(check=True)
+                # The directory stays until the check says whether its logs
+                # are wanted.
+                self.s.stop(check=True, keep=True)
                 ok_stop = True
             except AssertionError as e:
                 self.violation("at stop: %s" % e)
@@ -1109,8 +1105,8 @@ class Round:
             self.violation("no final state to check")
         if self.violations and not self.kept_logs:
             self.keep_logs()
-        if getattr(self, "stash", None):
-            shutil.rmtree(self.stash, ignore_errors=True)
+        if os.environ.get("PW_KEEP_LOGS") != "1":
+            shutil.rmtree(self.s.dir, ignore_errors=True)
         return ok_stop
 
     def collect_logs(self):
@@ -1137,9 +1133,8 @@ class Round:
     def keep_logs(self):
         dst = "/tmp/pw-chaos-%d-%s-%d" % (self.master, self.mode, self.index)
         shutil.rmtree(dst, ignore_errors=True)
-        src = self.s.dir if os.path.isdir(self.s.dir) else (getattr(self, "stash", None) or self.s.dir)
         try:
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.sock", "tmp"))
+            shutil.copytree(self.s.dir, dst, ignore=shutil.ignore_patterns("*.sock", "tmp"))
             with open(os.path.join(dst, "timeline.txt"), "w") as f:
                 for t, what in self.timeline:
                     f.write("%8.2f %s\n" % (t, what))

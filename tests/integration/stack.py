@@ -274,7 +274,9 @@ class Stack:
             raise
         return self
 
-    def stop(self, check=True):
+    def stop(self, check=True, keep=False):
+        """Stop everything; the directory (logs, data) is removed unless
+        keep, PW_KEEP_LOGS=1 or problems in the logs."""
         if self.nginx:
             self.exit_codes["nginx"] = self.nginx.stop(signal.SIGQUIT)
         for i, r in enumerate(self.relays):
@@ -288,7 +290,7 @@ class Stack:
             bad = {k: v for k, v in self.exit_codes.items() if v not in (0, None) and k != "nginx"}
             assert not problems, "problems in logs:\n" + "\n".join(problems)
             assert not bad, "processes exited with errors: %r (logs in %s)" % (bad, self.dir)
-        if not problems and os.environ.get("PW_KEEP_LOGS") != "1":
+        if not keep and not problems and os.environ.get("PW_KEEP_LOGS") != "1":
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def log_problems(self):

@@ -422,9 +422,7 @@ static void on_deliver(hub_sub *hs, hub_batch *b)
          * it later) or before history that is trimmed meanwhile: not
          * checkable from here, and a reset is then how it learns. */
         bool cause;
-        if (u->epoch[0] && strcmp(u->epoch, b->epoch) != 0)
-            cause = true;
-        else if (!u->has_pos)
+        if (!u->has_pos || (u->epoch[0] && strcmp(u->epoch, b->epoch) != 0))
             cause = true;
         else if (b->n == 0)
             cause = u->pos != b->newest_id;
