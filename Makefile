@@ -38,9 +38,9 @@ CFLAGS  ?=
 CFLAGS  += $(CSTD) $(OPT) $(WARN) $(DEPFLAGS)
 LDFLAGS += $(LDSAN)
 
-WORKER_LIBS = -lhiredis -ljansson
-RELAY_LIBS  = -lhiredis -ljansson -lcrypto
-ALL_LIBS    = -lhiredis -ljansson -lcrypto
+WORKER_LIBS = -lhiredis -ljansson -ljwt -lcrypto
+RELAY_LIBS  = -lhiredis -ljansson -ljwt -lcrypto
+ALL_LIBS    = -lhiredis -ljansson -ljwt -lcrypto
 
 MAINS     = src/worker_main.c src/relay_main.c
 CORE_SRCS = $(filter-out $(MAINS),$(wildcard src/*.c))
