@@ -7,7 +7,7 @@
 #
 # docker-compose.yml builds all four; docs/DEPLOY.md explains the settings.
 # Binaries are built on debian:bookworm and run on debian:bookworm-slim with
-# only the shared libraries they link (hiredis 0.14, jansson, libcrypto) plus
+# only the shared libraries they link (hiredis 0.14, jansson, libjwt, libcrypto) plus
 # curl for the health checks; every pushwire process runs as the unprivileged
 # user "pushwire" (uid 10001). The binaries speak FastCGI themselves
 # (src/fcgi_proto.c): only libfcgi-dev's fastcgi.h (the protocol's
@@ -17,7 +17,7 @@
 FROM debian:bookworm AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        build-essential make libfcgi-dev libjansson-dev libhiredis-dev libssl-dev \
+        build-essential make libfcgi-dev libjansson-dev libhiredis-dev libssl-dev libjwt-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
@@ -38,14 +38,16 @@ RUN apt-get update \
 COPY docker/healthcheck /usr/local/bin/pushwire-healthcheck
 
 # Shared libraries of the two binaries (Debian 12 runtime package names):
-# libhiredis.so.0.14 (libhiredis0.14) and libjansson.so.4 (libjansson4) for
-# both, libcrypto.so.3 (libssl3) for the relay (curl needs it too). The
+# libhiredis.so.0.14 (libhiredis0.14), libjansson.so.4 (libjansson4),
+# libjwt.so.0 (libjwt0, tokens for private channels, with its libb64.so.0d
+# from libb64-0d) and libcrypto.so.3 (libssl3) for both (curl needs libssl3
+# too). The
 # compose test checks with ldd inside the built images that this is exactly
 # what they link.
 FROM base AS runtime
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libhiredis0.14 libjansson4 libssl3 \
+        libhiredis0.14 libjansson4 libjwt0 libb64-0d libssl3 \
  && rm -rf /var/lib/apt/lists/*
 
 # ---- worker: POST /chat, GET /status (long-poll, EventSource), GET /healthz ------

@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "form.h"
+#include "origin.h"
 #include "utf8.h"
 
 enum api_route api_route(const char *path)
@@ -414,6 +415,20 @@ int api_parse_poll(const api_http *in, const api_limits *lim, api_poll *out, api
             out->since = s;
         }
     }
+    return 0;
+}
+
+int api_check_publish_origin(const api_http *in, const char *allow, api_error *err)
+{
+    const char *host = in->host ? in->host : "";
+    if (in->origin)
+        return origin_allowed(allow, in->origin, strlen(in->origin), host, strlen(host))
+                   ? 0
+                   : fail(err, 403, "cross-origin publish refused: this Origin may not post here "
+                                    "(see --origins)");
+    const char *site = in->sec_fetch_site;
+    if (site && (strcasecmp(site, "cross-site") == 0 || strcasecmp(site, "same-site") == 0))
+        return fail(err, 403, "cross-site publish refused (Sec-Fetch-Site)");
     return 0;
 }
 

@@ -27,6 +27,10 @@ typedef struct api_http {
     const char *idempotency_key;
     const char *authorization;
     const char *last_event_id;
+    const char *cookie;
+    const char *origin;
+    const char *host;
+    const char *sec_fetch_site;
     const char *body;
     size_t body_len;
 } api_http;
@@ -78,6 +82,14 @@ void api_publish_free(api_publish *p);
  * For EventSource, Last-Event-ID "EPOCH:ID" stands for epoch and since when
  * the query does not give them. Returns 0, or -1 with *err set. */
 int api_parse_poll(const api_http *in, const api_limits *lim, api_poll *out, api_error *err);
+
+/* Whether a publish may come from where the browser says it does (CSRF: a
+ * page on another site can POST a form here with the visitor's cookies).
+ * Refused: an Origin that origin_allowed(allow, ...) refuses, or a
+ * Sec-Fetch-Site of "cross-site" or "same-site" without an allowed Origin.
+ * A request with neither header (curl, a backend) is not a browser's and
+ * passes. Returns 0, or -1 with 403. */
+int api_check_publish_origin(const api_http *in, const char *allow, api_error *err);
 
 /* Publishing restricted by a shared token: NULL/"" token means open.
  * Returns 0 when allowed, else -1 with 401 (no credential) or 403 (wrong). */

@@ -339,6 +339,10 @@ auth_token *auth_token_verify(const auth *a, const char *token, size_t len, time
     jwt_t *j = NULL;
     const unsigned char *key;
     int key_len;
+    if (alg == JWT_ALG_INVAL) {
+        fail(err, 401, "invalid token: not a JWT");
+        return NULL;
+    }
     if (key_for(a, alg, &key, &key_len) < 0) {
         fail(err, 401, "invalid token: algorithm not accepted");
         return NULL;
@@ -452,6 +456,14 @@ int auth_check_publish(const auth *a, const char *channel, const char *shared, b
     if (!found)
         return fail(err, 401, "publishing here requires Authorization: Bearer <token>");
     return fail(err, 403, have_shared ? "wrong publish token" : "invalid token");
+}
+
+unsigned long long auth_ms_until(time_t when)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long ms = ((long long)when - ts.tv_sec) * 1000 - ts.tv_nsec / 1000000;
+    return ms > 0 ? (unsigned long long)ms : 1;
 }
 
 /* ---- where tokens travel ------------------------------------------------------- */

@@ -95,6 +95,11 @@ int auth_check_publish(const auth *a, const char *channel, const char *shared, b
                        const char *authorization, const char *query, const char *cookie,
                        time_t now, auth_error *err);
 
+/* Milliseconds from now (the real-time clock) until the second when
+ * begins, at least 1: how long a connection opened by a token that ends at
+ * when may stay open. */
+unsigned long long auth_ms_until(time_t when);
+
 /* Pattern match as described above. */
 bool auth_pattern_match(const char *pattern, size_t plen, const char *channel);
 

@@ -35,6 +35,21 @@ void daemon_options(opt_def *out, daemon_common *c)
          "name in heartbeats and /healthz (default host:pid)"},
         {"log-level", "PW_LOG_LEVEL", OPT_LEVEL, &c->log_level, 0, 0, "LEVEL",
          "error, warn, info or debug; one line per event on stderr"},
+        {"origins", "PW_ORIGINS", OPT_STR, &c->origins, 0, 0, "LIST",
+         "browser Origins allowed to open WebSockets and to POST /chat (comma-separated, or *; "
+         "default: the request's Host)"},
+        {"private-channels", "PW_PRIVATE_CHANNELS", OPT_STR, &c->private_channels, 0, 0, "LIST",
+         "channels readable only with a token: names, prefixes ending in *, or *"},
+        {"jwt-secret-file", "PW_JWT_SECRET_FILE", OPT_STR, &c->jwt_secret_file, 0, 0, "FILE",
+         "HS256/384/512 token secret (at least 32 bytes)"},
+        {"jwt-public-key-file", "PW_JWT_PUBLIC_KEY_FILE", OPT_STR, &c->jwt_public_key_file, 0, 0,
+         "FILE", "PEM public key for RS256/384/512 or ES256/384/512 tokens"},
+        {"jwt-audience", "PW_JWT_AUDIENCE", OPT_STR, &c->jwt_audience, 0, 0, "STR",
+         "tokens must carry this aud"},
+        {"jwt-issuer", "PW_JWT_ISSUER", OPT_STR, &c->jwt_issuer, 0, 0, "STR",
+         "tokens must carry this iss"},
+        {"jwt-leeway", "PW_JWT_LEEWAY", OPT_UINT, &c->jwt_leeway, 0, 3600, "SECONDS",
+         "clock skew allowed on a token's exp and nbf"},
     };
     memcpy(out, defs, sizeof defs);
 }
@@ -51,6 +66,18 @@ int daemon_setup(daemon_common *c, const char *prog, redis_url *url)
     const char *why;
     if (redis_url_parse(c->redis, url, &why) < 0) {
         fprintf(stderr, "error: --redis: %s\n", why);
+        return -1;
+    }
+    auth_config ac = {.private_channels = c->private_channels,
+                      .secret_file = c->jwt_secret_file,
+                      .public_key_file = c->jwt_public_key_file,
+                      .audience = c->jwt_audience,
+                      .issuer = c->jwt_issuer,
+                      .leeway = c->jwt_leeway};
+    char aerr[256];
+    c->auth = auth_new(&ac, aerr, sizeof aerr);
+    if (!c->auth) {
+        fprintf(stderr, "error: %s\n", aerr);
         return -1;
     }
     struct rlimit rl;

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 
+#include "auth.h"
 #include "broker.h"
 #include "buf.h"
 #include "hub.h"
@@ -22,6 +23,12 @@ typedef struct daemon_common {
     unsigned redis_timeout, heartbeat_ms, history_ttl, backlog;
     unsigned max_channels, max_reads;
     enum log_level log_level;
+    /* Who may read and publish what (auth.h), and which browser origins
+     * may open WebSockets and publish (origin.h). */
+    const char *origins, *private_channels, *jwt_secret_file, *jwt_public_key_file;
+    const char *jwt_audience, *jwt_issuer;
+    unsigned jwt_leeway;
+    auth *auth; /* built by daemon_setup; auth_free it at exit */
     char idbuf[160];
 } daemon_common;
 
@@ -29,17 +36,19 @@ typedef struct daemon_common {
     {                                                                                              \
         .redis = "redis://127.0.0.1:6379", .prefix = "pw:", .metrics = "", .id = "",               \
         .redis_timeout = 2000, .heartbeat_ms = 1000, .history_ttl = 86400, .backlog = 4096,        \
-        .max_channels = 10000, .max_reads = 32, .log_level = LOG_INFO,                             \
+        .max_channels = 10000, .max_reads = 32, .log_level = LOG_INFO, .origins = "",              \
+        .private_channels = "", .jwt_secret_file = "", .jwt_public_key_file = "",                  \
+        .jwt_audience = "", .jwt_issuer = "", .jwt_leeway = 0,                                     \
     }
 
-#define DAEMON_COMMON_OPTIONS 11
+#define DAEMON_COMMON_OPTIONS 18
 
 /* Write the shared option definitions (DAEMON_COMMON_OPTIONS of them) into
  * out; they point into c. */
 void daemon_options(opt_def *out, daemon_common *c);
 
 /* After opts_parse: start logging as prog, give the process an id (host:pid
- * unless --id), parse the Redis URL, raise the open-file limit to the hard
+ * unless --id), parse the Redis URL, read the token keys (c->auth), raise the open-file limit to the hard
  * limit, ignore SIGPIPE and route SIGTERM/SIGINT to a signalfd. Returns the
  * signalfd, or -1 after printing why. */
 int daemon_setup(daemon_common *c, const char *prog, redis_url *url);

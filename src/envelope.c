@@ -119,6 +119,27 @@ void env_error(buf *b, const char *msg)
     buf_puts(b, "}\n");
 }
 
+void env_expired(buf *b, const char *channel)
+{
+    buf_puts(b, "{\"type\":\"expired\",");
+    put_field_str(b, "channel", channel);
+    buf_puts(b, ",\"error\":\"token expired\"}");
+}
+
+void env_refreshed(buf *b, const char *channel, long long expires)
+{
+    buf_puts(b, "{\"type\":\"refreshed\",");
+    put_field_str(b, "channel", channel);
+    buf_printf(b, ",\"expires\":%lld}", expires);
+}
+
+void env_control_error(buf *b, int status, const char *msg)
+{
+    buf_printf(b, "{\"type\":\"error\",\"status\":%d,\"error\":", status);
+    env_json_string(b, msg, strlen(msg));
+    buf_putc(b, '}');
+}
+
 void env_push_message(buf *b, const char *channel, const char *epoch, const pw_msg *m)
 {
     buf_putc(b, '{');

@@ -45,6 +45,16 @@ void env_publish_ok(buf *b, uint64_t id, const char *channel, const char *epoch)
 /* {"error":MSG} ; msg is escaped. */
 void env_error(buf *b, const char *msg);
 
+/* The end of a token that opened channel (EventSource event "expired"):
+ * {"type":"expired","channel":C,"error":"token expired"} */
+void env_expired(buf *b, const char *channel);
+
+/* WebSocket answers to a client's control message:
+ * {"type":"refreshed","channel":C,"expires":T}       (T: unix seconds, 0: none)
+ * {"type":"error","status":S,"error":MSG}           (MSG escaped) */
+void env_refreshed(buf *b, const char *channel, long long expires);
+void env_control_error(buf *b, int status, const char *msg);
+
 /* A WebSocket / EventSource message object:
  * {"channel":C,"epoch":E,"id":N,"content":...,"time":T} */
 void env_push_message(buf *b, const char *channel, const char *epoch, const pw_msg *m);

@@ -21,6 +21,10 @@ static const char *const wanted_names[FP_COUNT] = {
     [FP_HTTP_IDEMPOTENCY_KEY] = "HTTP_IDEMPOTENCY_KEY",
     [FP_HTTP_AUTHORIZATION] = "HTTP_AUTHORIZATION",
     [FP_HTTP_LAST_EVENT_ID] = "HTTP_LAST_EVENT_ID",
+    [FP_HTTP_COOKIE] = "HTTP_COOKIE",
+    [FP_HTTP_ORIGIN] = "HTTP_ORIGIN",
+    [FP_HTTP_HOST] = "HTTP_HOST",
+    [FP_HTTP_SEC_FETCH_SITE] = "HTTP_SEC_FETCH_SITE",
 };
 
 static void reset_request(fcgi_parser *p)

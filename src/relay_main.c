@@ -14,10 +14,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <jansson.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "api.h"
+#include "auth.h"
 #include "buf.h"
 #include "conn.h"
 #include "daemon.h"
@@ -40,6 +43,12 @@
 /* Stop reading a client while this much waits to be written to it: a client
  * that sends (pings) but does not read cannot make us queue answers. */
 #define READ_PAUSE     (64u << 10)
+/* A client's control message ({"type": ...}) is kept up to this size; a
+ * longer text message is answered with an error. It holds a token. */
+#define CONTROL_MAX    (AUTH_TOKEN_MAX + 1024)
+/* Close code when the token that opened a private channel ends (and
+ * was not refreshed): 4000 + the HTTP status a new request would get. */
+#define CLOSE_TOKEN_EXPIRED 4401
 
 enum client_state { C_HANDSHAKE, C_OPEN, C_CLOSING, C_DEAD };
 
@@ -47,6 +56,8 @@ typedef struct client {
     conn c; /* socket, queue, lifetime (conn.h) */
     hub_sub sub;
     timer t; /* handshake deadline, ping interval, or close linger */
+    timer exp; /* the end of the token that opened a private channel */
+    buf *msg; /* the text message being read, while it may be a control message */
     ws_parser parser;
     struct client *prev, *next;
     struct client *hs_prev, *hs_next; /* on R's handshake list, oldest first */
@@ -65,13 +76,12 @@ typedef struct client {
 
 static struct config {
     daemon_common c;
-    const char *listen, *origins;
+    const char *listen;
     unsigned ping_interval, max_message, max_queue, sndbuf, max_clients, handshake_timeout;
     unsigned max_handshakes;
 } cfg = {
     .c = DAEMON_COMMON_DEFAULTS,
     .listen = "127.0.0.1:9100",
-    .origins = "",
     .ping_interval = 30,
     .max_message = 65536,
     .max_queue = 2 << 20,
@@ -93,7 +103,7 @@ static struct relay {
     rbuf *ping_frame;
     struct {
         uint64_t accepted, upgrades, refused[6], slow_cutoffs, dead_pings, protocol_errors;
-        uint64_t handshakes_evicted;
+        uint64_t handshakes_evicted, auth_refused, token_expired, refreshes;
         uint64_t frames_out;
     } st;
 } R;
@@ -136,6 +146,9 @@ static void client_free(conn *cc)
     client *c = client_of(cc);
     free(c->head);
     rbuf_unref(c->held_101);
+    if (c->msg)
+        buf_free(c->msg);
+    free(c->msg);
     free(c);
 }
 
@@ -149,6 +162,7 @@ static void client_closed(conn *cc)
     c->state = C_DEAD;
     hub_unsubscribe(R.d.h, &c->sub);
     timer_stop(R.d.l, &c->t);
+    timer_stop(R.d.l, &c->exp);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -378,6 +392,128 @@ static void ping_cb(loop *l, timer *t)
 
 /* ---- reading -------------------------------------------------------------------------- */
 
+/* ---- control messages and tokens -------------------------------------------------- */
+
+/* The token that opened a private channel ended, and no refresh came. */
+static void token_expired(loop *l, timer *t)
+{
+    (void)l;
+    client *c = (client *)((char *)t - offsetof(client, exp));
+    if (c->state != C_OPEN)
+        return;
+    R.st.token_expired++;
+    client_close(c, CLOSE_TOKEN_EXPIRED, "token expired", false, true);
+}
+
+/* Start (or stop, when expires is 0) the client's token timer. */
+static void token_timer(client *c, time_t expires)
+{
+    timer_stop(R.d.l, &c->exp);
+    if (expires)
+        timer_start(R.d.l, &c->exp, auth_ms_until(expires));
+}
+
+/* Collect a text message's bytes while it may be a control message: the
+ * first byte must open a JSON object and the whole fit CONTROL_MAX. */
+static void text_sink(void *ctx, const uint8_t *data, size_t n)
+{
+    client *c = ctx;
+    if (!c->msg) {
+        c->msg = xcalloc(1, sizeof *c->msg); /* zeroed: BUF_INIT */
+    }
+    if (c->msg->len + n > CONTROL_MAX) {
+        c->msg->len = CONTROL_MAX + 1; /* too long: marked, bytes dropped */
+        return;
+    }
+    buf_append(c->msg, data, n);
+}
+
+static void send_control(client *c, const buf *json)
+{
+    uint8_t hdr[WS_FRAME_HEADER_MAX];
+    size_t hl = ws_frame_header(hdr, WS_OP_TEXT, true, json->len);
+    buf f = BUF_INIT;
+    buf_append(&f, hdr, hl);
+    buf_append(&f, json->data, json->len);
+    bool ok = push_bytes(c, f.data, f.len);
+    buf_free(&f);
+    if (ok)
+        client_flush(c);
+}
+
+static void control_error(client *c, int status, const char *msg)
+{
+    buf j = BUF_INIT;
+    env_control_error(&j, status, msg);
+    send_control(c, &j);
+    buf_free(&j);
+}
+
+/* {"type":"refresh","token":T}: a new token for the channel; the
+ * connection then lives until its end. A token that does not grant the
+ * channel changes nothing and is answered with an error. */
+static void control_refresh(client *c, json_t *msg)
+{
+    const char *tok = json_string_value(json_object_get(msg, "token"));
+    if (!tok) {
+        control_error(c, 400, "refresh needs a \"token\" string");
+        return;
+    }
+    const char *channel = hub_sub_channel(&c->sub);
+    if (!auth_is_private(cfg.c.auth, channel)) {
+        control_error(c, 400, "this channel is public: no token to refresh");
+        return;
+    }
+    time_t expires;
+    auth_error e;
+    if (auth_check_subscribe(cfg.c.auth, channel, tok, strlen(tok), time(NULL), &expires, &e) <
+        0) {
+        R.st.auth_refused++;
+        control_error(c, e.status, e.message);
+        return;
+    }
+    R.st.refreshes++;
+    token_timer(c, expires);
+    buf j = BUF_INIT;
+    env_refreshed(&j, channel, (long long)expires);
+    send_control(c, &j);
+    buf_free(&j);
+}
+
+/* A whole text message arrived (in c->msg). A JSON object with a "type"
+ * is a control message and always answered; any other text is ignored, as
+ * SPEC.md says of client messages. */
+static void on_text(client *c)
+{
+    buf *m = c->msg;
+    c->msg = NULL;
+    bool too_long = m->len > CONTROL_MAX;
+    json_t *doc = NULL;
+    size_t i = 0;
+    while (!too_long && i < m->len && (m->data[i] == ' ' || m->data[i] == '\t' ||
+                                        m->data[i] == '\r' || m->data[i] == '\n'))
+        i++;
+    bool object = too_long || (i < m->len && m->data[i] == '{');
+    if (object && !too_long)
+        doc = json_loadb(m->data, m->len, JSON_REJECT_DUPLICATES, NULL);
+    buf_free(m);
+    free(m);
+    if (!object)
+        return;
+    const char *type = doc ? json_string_value(json_object_get(doc, "type")) : NULL;
+    if (too_long)
+        control_error(c, 413, "control message too long");
+    else if (!doc)
+        control_error(c, 400, "control message is not valid JSON");
+    else if (!type)
+        ; /* an object without "type": not a control message */
+    else if (!strcmp(type, "refresh"))
+        control_refresh(c, doc);
+    else
+        control_error(c, 400, "unknown control message type");
+    json_decref(doc);
+}
+
 static void on_frames(client *c, const uint8_t *p, size_t n)
 {
     c->last_rx = loop_now(R.d.l);
@@ -399,8 +535,11 @@ static void on_frames(client *c, const uint8_t *p, size_t n)
             break;
         }
         case WS_EV_PONG:
+            break;
         case WS_EV_MESSAGE:
-            break; /* client messages are validated and ignored */
+            if (ev.opcode == WS_OP_TEXT && c->msg)
+                on_text(c);
+            break; /* other client messages are validated and ignored */
         case WS_EV_CLOSE: {
             /* Echo the code (1000 when the peer gave none) and finish. */
             uint16_t code = ev.code == WS_CLOSE_NO_STATUS ? WS_CLOSE_NORMAL : ev.code;
@@ -440,6 +579,15 @@ static void refuse(client *c, int status)
     client_finish(c, resp, n, true, true);
 }
 
+/* A header slice as a string ("" when absent; cut to cap - 1 bytes). */
+static void slice_str(const ws_slice *s, char *out, size_t cap)
+{
+    size_t n = s->p ? (s->len < cap - 1 ? s->len : cap - 1) : 0;
+    if (n)
+        memcpy(out, s->p, n);
+    out[n] = '\0';
+}
+
 static void upgrade(client *c, const ws_request *req)
 {
     char origin[512], host[512];
@@ -453,7 +601,7 @@ static void upgrade(client *c, const ws_request *req)
     size_t hl = req->host.len < sizeof host - 1 ? req->host.len : sizeof host - 1;
     memcpy(host, req->host.p, hl);
     host[hl] = '\0';
-    if (!origin_allowed(cfg.origins, origin_p, origin_p ? strlen(origin) : 0, host, hl)) {
+    if (!origin_allowed(cfg.c.origins, origin_p, origin_p ? strlen(origin) : 0, host, hl)) {
         log_info("refused WebSocket from origin %s (host %s)", origin_p ? origin : "-", host);
         refuse(c, 403);
         return;
@@ -467,7 +615,7 @@ static void upgrade(client *c, const ws_request *req)
         refuse(c, 404);
         return;
     }
-    char query[2048] = "";
+    char query[HEAD_MAX] = "";
     if (req->query.p) {
         if (req->query.len >= sizeof query) {
             refuse(c, 400);
@@ -483,6 +631,24 @@ static void upgrade(client *c, const ws_request *req)
     if (api_parse_poll(&http, &lim, &p, &err) < 0) {
         refuse(c, err.status == 405 ? 400 : err.status);
         return;
+    }
+    /* A private channel needs a token (auth.h): in Authorization, the
+     * query or the cookie, as for the HTTP transports. */
+    time_t expires = 0;
+    if (auth_is_private(cfg.c.auth, p.channel)) {
+        char authz[HEAD_MAX], cookie[HEAD_MAX];
+        slice_str(&req->authorization, authz, sizeof authz);
+        slice_str(&req->cookie, cookie, sizeof cookie);
+        const char *tok = NULL;
+        size_t tl = 0;
+        auth_find_token(authz, query, cookie, &tok, &tl);
+        auth_error ae;
+        if (auth_check_subscribe(cfg.c.auth, p.channel, tok, tl, time(NULL), &expires, &ae) < 0) {
+            R.st.auth_refused++;
+            log_debug("refused WebSocket to %s: %d %s", p.channel, ae.status, ae.message);
+            refuse(c, ae.status);
+            return;
+        }
     }
     char accept[WS_ACCEPT_LEN + 1];
     char resp[256];
@@ -502,6 +668,7 @@ static void upgrade(client *c, const ws_request *req)
     c->upgraded = true;
     R.nopen++;
     ws_parser_init(&c->parser, cfg.max_message);
+    ws_parser_set_text_sink(&c->parser, text_sink, c);
     c->last_rx = loop_now(R.d.l);
     c->t.cb = hold_101_cb;
     timer_start(R.d.l, &c->t, cfg.c.redis_timeout);
@@ -518,7 +685,9 @@ static void upgrade(client *c, const ws_request *req)
         c->state = C_HANDSHAKE;
         timer_stop(R.d.l, &c->t);
         refuse(c, 503);
+        return;
     }
+    token_timer(c, expires);
 }
 
 static void handshake_read(client *c)
@@ -606,6 +775,7 @@ static void client_adopt(int fd)
     client *c = xcalloc(1, sizeof *c);
     conn_init(&c->c, R.d.l, fd, &client_ops, READ_PAUSE);
     c->t.cb = handshake_deadline;
+    c->exp.cb = token_expired;
     c->state = C_HANDSHAKE;
     c->next = R.clients;
     if (R.clients)
@@ -700,8 +870,6 @@ static void on_stop(const char *why)
 static const opt_def relay_options[] = {
     {"listen", "PW_RELAY_LISTEN", OPT_STR, &cfg.listen, 0, 0, "ADDR",
      "WebSocket listen address host:port (nginx proxies /status and /ws upgrades here)"},
-    {"origins", "PW_ORIGINS", OPT_STR, &cfg.origins, 0, 0, "LIST",
-     "allowed Origins, comma-separated, or * (default: the request's own Host)"},
     {"ping-interval", "PW_PING_INTERVAL", OPT_UINT, &cfg.ping_interval, 1, 3600, "SECONDS",
      "ping a client idle this long; drop it if still silent one interval later"},
     {"max-message", "PW_MAX_MESSAGE", OPT_UINT, &cfg.max_message, 125, 16 << 20, "BYTES",

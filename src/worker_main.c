@@ -11,9 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "api.h"
+#include "auth.h"
 #include "broker.h"
 #include "buf.h"
 #include "conn.h"
@@ -46,6 +48,7 @@ typedef struct req {
     conn c; /* socket, queue, lifetime (conn.h); a reply from Redis holds it */
     hub_sub sub;
     timer tmo; /* long-poll timeout, or EventSource heartbeat */
+    timer exp; /* EventSource: the end of the token that opened a private channel */
     fcgi_parser fp;
     struct req *prev, *next;
     uint16_t reqid;
@@ -63,6 +66,7 @@ static struct config {
     daemon_common c;
     const char *listen;
     const char *publish_token;
+    bool publish_requires_token;
     unsigned history, max_content, poll_timeout, max_poll_timeout;
     unsigned sse_heartbeat, max_requests;
 } cfg = {
@@ -95,6 +99,7 @@ static struct worker {
     struct {
         uint64_t requests, polls_answered, poll_timeouts, client_aborts;
         uint64_t publishes_ok, publishes_dup, publishes_failed, sse_cutoffs;
+        uint64_t auth_refused, csrf_refused, sse_expired;
         uint64_t status[6]; /* 2xx .. 5xx, by hundreds; [0] unused */
         size_t polls_held, sse_streams;
     } st;
@@ -148,6 +153,7 @@ static void req_closed(conn *c)
     if (W.d.h)
         hub_unsubscribe(W.d.h, &r->sub);
     timer_stop(W.d.l, &r->tmo);
+    timer_stop(W.d.l, &r->exp);
     req_unlink(r);
     daemon_maybe_stop(&W.d);
     if (W.nreqs < cfg.max_requests * 9 / 10)
@@ -167,6 +173,7 @@ static void req_done(req *r)
     if (r->kind == K_SSE)
         W.st.sse_streams--;
     timer_stop(W.d.l, &r->tmo);
+    timer_stop(W.d.l, &r->exp);
     free(r->pub_channel);
     r->pub_channel = NULL;
     r->kind = K_NONE;
@@ -478,7 +485,58 @@ static void tmo_cb(loop *l, timer *t)
         timer_start(l, t, cfg.sse_heartbeat * 1000);
 }
 
+/* End an EventSource stream: leave the hub, send the headers if they are
+ * still held, then events[0..len) (may be empty) and the end of the request. */
+static void sse_end(req *r, const char *events, size_t len)
+{
+    hub_unsubscribe(W.d.h, &r->sub);
+    sse_open(r);
+    buf rec = BUF_INIT;
+    if (len)
+        fcgi_rec_stdout(&rec, r->reqid, events, len);
+    fcgi_rec_end(&rec, r->reqid);
+    rbuf *rb = rbuf_from_buf(&rec);
+    buf_free(&rec);
+    req_finish(r, rb, 0);
+    rbuf_unref(rb);
+}
+
+/* The token that opened a private EventSource stream has expired: say so
+ * (event "expired") and end the stream. The browser reconnects by itself;
+ * with the same token it then gets 401, with a refreshed cookie it goes on. */
+static void exp_cb(loop *l, timer *t)
+{
+    (void)l;
+    req *r = (req *)((char *)t - offsetof(req, exp));
+    if (r->phase != P_ACTIVE || r->kind != K_SSE)
+        return;
+    buf ev = BUF_INIT;
+    buf_puts(&ev, "event: expired\ndata: ");
+    env_expired(&ev, hub_sub_channel(&r->sub));
+    buf_puts(&ev, "\n\n");
+    W.st.sse_expired++;
+    sse_end(r, ev.data, ev.len);
+    buf_free(&ev);
+}
+
 /* ---- request handlers ----------------------------------------------------------- */
+
+#define WWW_AUTHENTICATE "WWW-Authenticate: Bearer realm=\"pushwire\"\r\n"
+
+/* Whether the request may read channel (auth.h): answers 401/403 and
+ * returns -1 when not. *expires: the token's end (0: no end, or public). */
+static int authorize_read(req *r, const api_http *http, const char *channel, time_t *expires)
+{
+    const char *tok = NULL;
+    size_t len = 0;
+    auth_find_token(http->authorization, http->query, http->cookie, &tok, &len);
+    auth_error e;
+    if (auth_check_subscribe(cfg.c.auth, channel, tok, len, time(NULL), expires, &e) == 0)
+        return 0;
+    W.st.auth_refused++;
+    req_error(r, e.status, e.message, e.status == 401 ? WWW_AUTHENTICATE : NULL);
+    return -1;
+}
 
 static void handle_poll(req *r, const api_http *http)
 {
@@ -488,10 +546,14 @@ static void handle_poll(req *r, const api_http *http)
         req_error(r, err.status, err.message, err.allow ? "Allow: GET\r\n" : NULL);
         return;
     }
+    time_t expires = 0;
+    if (authorize_read(r, http, p.channel, &expires) < 0)
+        return;
     if (W.d.stopping) {
         req_unavailable(r, "server is shutting down");
         return;
     }
+    uint64_t left = expires ? auth_ms_until(expires) : 0; /* 0: no end */
     hub_sub_init(&r->sub, &poll_ops, p.event_stream);
     if (p.event_stream) {
         /* The headers (and so the browser's onopen) wait until the hub has
@@ -502,6 +564,8 @@ static void handle_poll(req *r, const api_http *http)
         r->sse_head = true;
         W.st.sse_streams++;
         timer_start(W.d.l, &r->tmo, cfg.c.redis_timeout);
+        if (left)
+            timer_start(W.d.l, &r->exp, left);
         if (hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch) < 0)
             req_unavailable(r, "this worker follows too many channels (--max-channels); retry later");
         return;
@@ -512,7 +576,12 @@ static void handle_poll(req *r, const api_http *http)
     W.st.polls_held++;
     /* With timeout=0 the answer comes when the poll is up to date (on_parked)
      * or, if Redis cannot tell, a 503 after the Redis timeout. */
-    timer_start(W.d.l, &r->tmo, p.timeout ? (uint64_t)p.timeout * 1000 : cfg.c.redis_timeout);
+    uint64_t hold = p.timeout ? (uint64_t)p.timeout * 1000 : cfg.c.redis_timeout;
+    /* A hold never outlasts the token: at its end the poll is answered as
+     * at a timeout, and the next one with the same token gets its 401. */
+    if (p.timeout && left && left < hold)
+        hold = left;
+    timer_start(W.d.l, &r->tmo, hold);
     if (hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch) < 0)
         req_unavailable(r, "this worker follows too many channels (--max-channels); retry later");
 }
@@ -546,9 +615,23 @@ static void publish_done(void *arg, const broker_pub_result *res)
 static void handle_publish(req *r, const api_http *http, bool too_large)
 {
     api_error err;
-    if (api_check_publish_auth(http->authorization, cfg.publish_token, &err) < 0) {
-        req_error(r, err.status, err.message,
-                  err.status == 401 ? "WWW-Authenticate: Bearer realm=\"pushwire\"\r\n" : NULL);
+    if (api_check_publish_origin(http, cfg.c.origins, &err) < 0) {
+        W.st.csrf_refused++;
+        log_info("refused publish from origin %s (Sec-Fetch-Site %s, host %s)",
+                 http->origin ? http->origin : "-",
+                 http->sec_fetch_site ? http->sec_fetch_site : "-", http->host ? http->host : "-");
+        req_error(r, err.status, err.message, NULL);
+        return;
+    }
+    /* Who may publish depends on the channel, so most of the check waits
+     * for the body; a missing credential that every channel needs is
+     * refused before the body is looked at. */
+    const char *tok;
+    size_t tl;
+    if ((cfg.publish_token[0] || cfg.publish_requires_token) &&
+        !auth_find_token(http->authorization, http->query, http->cookie, &tok, &tl)) {
+        W.st.auth_refused++;
+        req_error(r, 401, "publishing requires Authorization: Bearer <token>", WWW_AUTHENTICATE);
         return;
     }
     if (too_large) {
@@ -558,6 +641,14 @@ static void handle_publish(req *r, const api_http *http, bool too_large)
     api_publish p;
     if (api_parse_publish(http, &W.limits, &p, &err) < 0) {
         req_error(r, err.status, err.message, err.allow ? "Allow: POST\r\n" : NULL);
+        return;
+    }
+    auth_error ae;
+    if (auth_check_publish(cfg.c.auth, p.channel, cfg.publish_token, cfg.publish_requires_token,
+                           http->authorization, http->query, http->cookie, time(NULL), &ae) < 0) {
+        api_publish_free(&p);
+        W.st.auth_refused++;
+        req_error(r, ae.status, ae.message, ae.status == 401 ? WWW_AUTHENTICATE : NULL);
         return;
     }
     if (W.d.stopping) {
@@ -650,6 +741,10 @@ static void dispatch(req *r)
         .idempotency_key = fcgi_param(fp, FP_HTTP_IDEMPOTENCY_KEY),
         .authorization = fcgi_param(fp, FP_HTTP_AUTHORIZATION),
         .last_event_id = fcgi_param(fp, FP_HTTP_LAST_EVENT_ID),
+        .cookie = fcgi_param(fp, FP_HTTP_COOKIE),
+        .origin = fcgi_param(fp, FP_HTTP_ORIGIN),
+        .host = fcgi_param(fp, FP_HTTP_HOST),
+        .sec_fetch_site = fcgi_param(fp, FP_HTTP_SEC_FETCH_SITE),
         .body = fp->body.data ? fp->body.data : "",
         .body_len = fp->body.len,
     };
@@ -660,8 +755,11 @@ static void dispatch(req *r)
     r->phase = P_ACTIVE;
     r->kind = K_NONE;
     hub_sub_init(&r->sub, NULL, false);
-    log_debug("%s %s?%s", http.method ? http.method : "-", http.path ? http.path : "-",
-              http.query ? http.query : "");
+    if (log_current_level >= LOG_DEBUG) {
+        char q[1024];
+        log_debug("%s %s?%s", http.method ? http.method : "-", http.path ? http.path : "-",
+                  auth_redact_query(http.query ? http.query : "", q, sizeof q));
+    }
     switch (api_route(http.path)) {
     case ROUTE_CHAT:
         handle_publish(r, &http, fp->body_too_large);
@@ -745,6 +843,7 @@ static void req_adopt(int fd)
     req *r = xcalloc(1, sizeof *r);
     conn_init(&r->c, W.d.l, fd, &req_ops, READ_PAUSE);
     r->tmo.cb = tmo_cb;
+    r->exp.cb = exp_cb;
     r->phase = P_IDLE;
     fcgi_parser_init(&r->fp, 65536, W.max_body);
     r->next = W.reqs;
@@ -863,14 +962,7 @@ static void on_stop(const char *why)
             r->no_wait = true;
             poll_answer_idle(r);
         } else if (r->kind == K_SSE) {
-            hub_unsubscribe(W.d.h, &r->sub);
-            sse_open(r);
-            buf rec = BUF_INIT;
-            fcgi_rec_end(&rec, r->reqid);
-            rbuf *rb = rbuf_from_buf(&rec);
-            buf_free(&rec);
-            req_finish(r, rb, 0);
-            rbuf_unref(rb);
+            sse_end(r, NULL, 0);
         }
         /* Publishes in flight finish on their own. */
     }
@@ -891,6 +983,8 @@ static const opt_def worker_options[] = {
      "EventSource comment heartbeat interval"},
     {"publish-token", "PW_PUBLISH_TOKEN", OPT_SECRET, &cfg.publish_token, 0, 0, "TOKEN",
      "require Authorization: Bearer TOKEN on POST /chat (401/403)"},
+    {"publish-requires-token", "PW_PUBLISH_REQUIRES_TOKEN", OPT_BOOL, &cfg.publish_requires_token,
+     0, 0, NULL, "every publish needs the --publish-token or a token that grants the channel"},
     {"max-requests", "PW_MAX_REQUESTS", OPT_UINT, &cfg.max_requests, 1, 1000000, "N",
      "connections from nginx before accepts pause (mind the open-file limit)"},
 };

@@ -24,6 +24,12 @@ void ws_parser_init(ws_parser *p, uint64_t max_message)
     utf8_reset(&p->utf8);
 }
 
+void ws_parser_set_text_sink(ws_parser *p, ws_text_sink *sink, void *ctx)
+{
+    p->text_sink = sink;
+    p->sink_ctx = ctx;
+}
+
 static bool is_control(unsigned opcode)
 {
     return opcode >= WS_OP_CLOSE;
@@ -219,6 +225,8 @@ static bool data_take(ws_parser *p, const uint8_t *buf, size_t n, ws_event *ev)
             fail(p, ev, WS_CLOSE_INVALID_DATA, "invalid UTF-8 in text message");
             return false;
         }
+        if (p->text_sink)
+            p->text_sink(p->sink_ctx, chunk, k);
         buf += k;
         n -= k;
     }

@@ -72,7 +72,12 @@ typedef struct ws_event {
  * with ws_parser_init or by zero-filling, which equals ws_parser_init(p, 0).
  * The fields are private; they are declared here only so the struct can be
  * embedded. Data message payloads are validated and dropped, never stored:
- * only control frame payloads (at most 125 bytes) are kept, in ctl. */
+ * only control frame payloads (at most 125 bytes) are kept, in ctl. A
+ * caller that wants text messages sets a sink after ws_parser_init
+ * (ws_parser_set_text_sink): it is handed each text
+ * payload chunk, unmasked, as it is validated (binary payload is skipped),
+ * and keeps what it wants itself. */
+typedef void ws_text_sink(void *ctx, const uint8_t *data, size_t n);
 typedef struct ws_parser {
     uint64_t max_message; /* limit on one data message's payload; 0: none */
     uint64_t message_len; /* payload bytes announced so far for the data message in progress */
@@ -91,6 +96,8 @@ typedef struct ws_parser {
     uint8_t mask[4];
     utf8_state utf8; /* validator for the text message in progress */
     uint8_t ctl[WS_CONTROL_MAX];
+    ws_text_sink *text_sink; /* NULL: text payload is dropped (ws_parser_init) */
+    void *sink_ctx;
 } ws_parser;
 
 /* Reset p for a new connection. max_message bounds the total payload of one
@@ -99,6 +106,9 @@ typedef struct ws_parser {
  * no limit (the payload is never stored, so this only bounds what a client
  * may make the relay read and validate). */
 void ws_parser_init(ws_parser *p, uint64_t max_message);
+
+/* Hand every later text payload chunk to sink(ctx, ...); NULL stops it. */
+void ws_parser_set_text_sink(ws_parser *p, ws_text_sink *sink, void *ctx);
 
 /* Consume client bytes from buf[0..len) and stop after at most one event.
  * Returns how many bytes were consumed and fills *ev:

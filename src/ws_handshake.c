@@ -212,6 +212,11 @@ static void take_header(const char *name, size_t nlen, const char *v, size_t vle
         set_once(&req->version, v, vlen, f);
     } else if (slice_ieq(name, nlen, "origin")) {
         set_once(&req->origin, v, vlen, f);
+    } else if (slice_ieq(name, nlen, "authorization")) {
+        set_once(&req->authorization, v, vlen, f);
+    } else if (slice_ieq(name, nlen, "cookie")) {
+        req->cookie.p = v;
+        req->cookie.len = vlen;
     } else if (slice_ieq(name, nlen, "x-real-ip")) {
         set_once(&req->real_ip, v, vlen, f);
     } else if (slice_ieq(name, nlen, "x-forwarded-for")) {
@@ -343,6 +348,10 @@ size_t ws_handshake_response_error(char *out, size_t cap, int status)
     switch (status) {
     case 400:
         phrase = "Bad Request", error = "bad_request";
+        break;
+    case 401:
+        phrase = "Unauthorized", error = "unauthorized";
+        extra = "WWW-Authenticate: Bearer realm=\"pushwire\"\r\n";
         break;
     case 403:
         phrase = "Forbidden", error = "forbidden";

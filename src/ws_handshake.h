@@ -46,6 +46,8 @@ typedef struct ws_request {
     ws_slice version;       /* Sec-WebSocket-Version: "13" */
     ws_slice forwarded_for; /* X-Forwarded-For, the last one when repeated, or absent */
     ws_slice real_ip;       /* X-Real-IP, or absent */
+    ws_slice authorization; /* Authorization, or absent */
+    ws_slice cookie;        /* Cookie (the last one when repeated), or absent */
 } ws_request;
 
 /* Parse the request head at buf[0..len). Reads only bytes before the end of
@@ -83,10 +85,10 @@ size_t ws_handshake_accept_key(const char *key, size_t key_len, char out[WS_ACCE
  * without the NUL, or 0 when it does not fit in cap (160 bytes always do). */
 size_t ws_handshake_response_101(char *out, size_t cap, const char *accept);
 
-/* Write a complete refusal for status (400, 403, 405, 426, 431, 503; any
+/* Write a complete refusal for status (400, 401, 403, 404, 405, 426, 431, 503; any
  * other status is answered as 500) into out, NUL-terminated: status line,
  * Content-Type: application/json, Content-Length, Connection: close, and
- * a body {"error":"..."}; 405 adds Allow: GET, 426 adds Upgrade: websocket
+ * a body {"error":"..."}; 401 adds WWW-Authenticate: Bearer, 405 adds Allow: GET, 426 adds Upgrade: websocket
  * and Sec-WebSocket-Version: 13, 503 adds Retry-After. Returns the length
  * without the NUL, or 0 when it does not fit in cap (256 bytes always do).
  * The caller sends it and closes the connection. */

@@ -261,6 +261,8 @@ static void test_alg_none_and_garbage(void **state)
         assert_int_equal(sub(a, "private:x", bad[i], &e), -1);
         assert_int_equal(e.status, 401);
     }
+    assert_int_equal(sub(a, "private:x", "not a token", &e), -1);
+    assert_string_equal(e.message, "invalid token: not a JWT");
     /* Claims of the wrong shape. */
     const char *shapes[] = {
         "{\"exp\":\"soon\",\"pushwire\":{\"subscribe\":[\"*\"]}}",
