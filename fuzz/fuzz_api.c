@@ -77,15 +77,22 @@ static void check_publish(const api_publish *p, const api_limits *lim)
     buf_free(&b);
 }
 
-static void check_poll(const api_poll *p, const api_limits *lim)
+static void check_poll(const api_poll *p, const api_limits *lim, size_t cap)
 {
-    CHECK(channel_ok(p->channel));
+    CHECK(p->n >= 1 && p->n <= cap);
+    CHECK(p->multi == (p->n > 1));
     CHECK(p->timeout <= lim->max_timeout || p->timeout == lim->default_timeout);
-    CHECK(p->epoch[0] == '\0' || channel_ok(p->epoch));
-    if (p->has_since)
-        CHECK(p->since <= 999999999999999ULL);
-    else
-        CHECK(p->since == 0);
+    for (size_t i = 0; i < p->n; i++) {
+        const api_chan *c = &p->chans[i];
+        CHECK(channel_ok(c->channel));
+        for (size_t j = 0; j < i; j++)
+            CHECK(strcmp(p->chans[j].channel, c->channel) != 0);
+        CHECK(c->epoch[0] == '\0' || channel_ok(c->epoch));
+        if (c->has_since)
+            CHECK(c->since <= 999999999999999ULL);
+        else
+            CHECK(c->since == 0);
+    }
 }
 
 static void check_error(const api_error *e)
@@ -181,9 +188,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     api_poll poll;
+    api_chan chans[8];
     memset(&err, 0, sizeof err);
-    if (api_parse_poll(&in, lim, &poll, &err) == 0)
-        check_poll(&poll, lim);
+    if (api_parse_poll(&in, lim, &poll, chans, 8, &err) == 0)
+        check_poll(&poll, lim, 8);
     else
         check_error(&err);
 

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "buf.h"
 #include "form.h"
 #include "origin.h"
 #include "utf8.h"
@@ -343,9 +344,110 @@ static bool accepts_event_stream(const char *accept)
     return false;
 }
 
-int api_parse_poll(const api_http *in, const api_limits *lim, api_poll *out, api_error *err)
+/* The api_chan of name in out, or NULL. */
+static api_chan *find_chan(api_poll *out, const char *name, size_t n)
+{
+    for (size_t i = 0; i < out->n; i++)
+        if (strlen(out->chans[i].channel) == n && memcmp(out->chans[i].channel, name, n) == 0)
+            return &out->chans[i];
+    return NULL;
+}
+
+/* channel=a,b,c (decoded) into out->chans. */
+static int parse_channel_list(const char *v, size_t n, api_poll *out, size_t cap, api_error *err)
+{
+    static const char bad[] = "invalid channel: use 1-64 characters of A-Z a-z 0-9 _ . : -";
+    for (size_t i = 0; i <= n;) {
+        size_t e = i;
+        while (e < n && v[e] != ',')
+            e++;
+        if (!api_channel_valid(v + i, e - i))
+            return fail(err, 400, bad);
+        if (find_chan(out, v + i, e - i))
+            return fail(err, 400, "a channel is named twice");
+        if (out->n == cap)
+            return fail(err, 400, "too many channels for one connection (--max-subscriptions)");
+        api_chan *c = &out->chans[out->n++];
+        memset(c, 0, sizeof *c);
+        memcpy(c->channel, v + i, e - i);
+        c->channel[e - i] = '\0';
+        i = e + 1;
+    }
+    return 0;
+}
+
+/* Split a position "[EPOCH:]ID" (s[0..n)) at its last ':'. */
+static int parse_position(const char *s, size_t n, uint64_t *id, char *epoch)
+{
+    size_t colon = n;
+    while (colon > 0 && s[colon - 1] != ':')
+        colon--;
+    size_t digits = colon ? n - colon : n;
+    if (env_parse_u64(s + (colon ? colon : 0), digits, id) < 0)
+        return -1;
+    epoch[0] = '\0';
+    if (colon) {
+        size_t el = colon - 1;
+        if (el == 0 || el > PW_EPOCH_MAX || !epoch_valid(s, el))
+            return -1;
+        memcpy(epoch, s, el);
+        epoch[el] = '\0';
+    }
+    return 0;
+}
+
+int api_parse_position_list(const char *s, size_t n, api_poll *out, bool strict, api_error *err)
+{
+    for (size_t i = 0; i < n;) {
+        size_t e = i;
+        while (e < n && s[e] != ',')
+            e++;
+        const char *item = s + i, *eq = memchr(item, '=', e - i);
+        size_t il = e - i;
+        i = e + 1;
+        uint64_t id;
+        char epoch[PW_EPOCH_MAX + 1];
+        api_chan *c = eq ? find_chan(out, item, (size_t)(eq - item)) : NULL;
+        bool ok = eq && parse_position(eq + 1, il - (size_t)(eq + 1 - item), &id, epoch) == 0;
+        if (!ok) {
+            if (strict)
+                return fail(err, 400, "invalid since: a message id, or a list of CHANNEL=[EPOCH:]ID");
+            continue;
+        }
+        if (!c) {
+            if (strict)
+                return fail(err, 400, "since names a channel that channel= does not list");
+            continue;
+        }
+        if (c->has_since) {
+            if (strict)
+                return fail(err, 400, "since names a channel twice");
+            continue;
+        }
+        c->has_since = true;
+        c->since = id;
+        strcpy(c->epoch, epoch);
+    }
+    return 0;
+}
+
+/* Whether two since values say the same: equal bytes, or equal ids. */
+static bool same_since(const char *a, size_t al, const char *b, size_t bl)
+{
+    if (al == bl && memcmp(a, b, al) == 0)
+        return true;
+    char va[24], vb[24];
+    size_t na, nb;
+    uint64_t ia, ib;
+    return decode_small(a, al, va, 20, &na) == 0 && env_parse_u64(va, na, &ia) == 0 &&
+           decode_small(b, bl, vb, 20, &nb) == 0 && env_parse_u64(vb, nb, &ib) == 0 && ia == ib;
+}
+
+int api_parse_poll(const api_http *in, const api_limits *lim, api_poll *out, api_chan *chans,
+                   size_t cap, api_error *err)
 {
     memset(out, 0, sizeof *out);
+    out->chans = chans;
     out->timeout = lim->default_timeout;
     if (!in->method || strcmp(in->method, "GET") != 0) {
         fail(err, 405, "method not allowed: use GET");
@@ -353,69 +455,139 @@ int api_parse_poll(const api_http *in, const api_limits *lim, api_poll *out, api
         return -1;
     }
     bool have_channel = false, have_epoch = false, have_timeout = false;
-    uint64_t raw_timeout = 0;
+    bool have_since = false, since_list = false;
+    uint64_t raw_timeout = 0, since = 0;
+    char epoch[PW_EPOCH_MAX + 1] = "";
+    const char *since_v = NULL, *chan_v = NULL;
+    size_t since_vl = 0, chan_vl = 0;
     form_iter it;
     const char *k, *v;
     size_t kl, vl;
     const char *q = in->query ? in->query : "";
+    char *list = NULL; /* a decoded list value */
+    int rc = -1;
     form_iter_init(&it, q, strlen(q));
     while (form_next(&it, &k, &kl, &v, &vl)) {
         char val[PW_CHANNEL_MAX + 1];
         size_t n;
         if (form_key_is(k, kl, "channel")) {
-            if (decode_small(v, vl, val, PW_CHANNEL_MAX, &n) < 0)
-                return fail(err, 400,
-                            "invalid channel: use 1-64 characters of A-Z a-z 0-9 _ . : -");
-            if (set_channel(out->channel, &have_channel, val, n, err) < 0)
-                return -1;
+            if (have_channel) {
+                if (chan_vl == vl && memcmp(chan_v, v, vl) == 0)
+                    continue; /* the same value again */
+                fail(err, 400, "two different channel values: list several as channel=a,b,c");
+                goto out;
+            }
+            have_channel = true;
+            chan_v = v;
+            chan_vl = vl;
+            free(list);
+            list = xmalloc(vl + 1);
+            ssize_t dn = form_decode(v, vl, list);
+            if (dn < 0) {
+                fail(err, 400, "invalid channel: use 1-64 characters of A-Z a-z 0-9 _ . : -");
+                goto out;
+            }
+            if (dn == 0 && lim->allow_empty)
+                continue;
+            if (parse_channel_list(list, (size_t)dn, out, cap, err) < 0)
+                goto out;
         } else if (form_key_is(k, kl, "since")) {
-            uint64_t s;
-            if (decode_small(v, vl, val, 20, &n) < 0 || env_parse_u64(val, n, &s) < 0)
-                return fail(err, 400, "invalid since: a message id (decimal integer)");
-            if (out->has_since && s != out->since)
-                return fail(err, 400, "two different since values");
-            out->has_since = true;
-            out->since = s;
+            if (since_v && !same_since(since_v, since_vl, v, vl)) {
+                fail(err, 400, "two different since values");
+                goto out;
+            }
+            since_v = v;
+            since_vl = vl;
         } else if (form_key_is(k, kl, "epoch")) {
-            if (decode_small(v, vl, val, PW_EPOCH_MAX, &n) < 0 || !epoch_valid(val, n))
-                return fail(err, 400, "invalid epoch");
-            if (have_epoch && (strlen(out->epoch) != n || memcmp(out->epoch, val, n) != 0))
-                return fail(err, 400, "two different epoch values");
-            memcpy(out->epoch, val, n);
-            out->epoch[n] = '\0';
+            if (decode_small(v, vl, val, PW_EPOCH_MAX, &n) < 0 || !epoch_valid(val, n)) {
+                fail(err, 400, "invalid epoch");
+                goto out;
+            }
+            if (have_epoch && (strlen(epoch) != n || memcmp(epoch, val, n) != 0)) {
+                fail(err, 400, "two different epoch values");
+                goto out;
+            }
+            memcpy(epoch, val, n);
+            epoch[n] = '\0';
             have_epoch = true;
         } else if (form_key_is(k, kl, "timeout")) {
             uint64_t t;
-            if (decode_small(v, vl, val, 20, &n) < 0 || env_parse_u64(val, n, &t) < 0)
-                return fail(err, 400, "invalid timeout: whole seconds");
-            if (have_timeout && t != raw_timeout)
-                return fail(err, 400, "two different timeout values");
+            if (decode_small(v, vl, val, 20, &n) < 0 || env_parse_u64(val, n, &t) < 0) {
+                fail(err, 400, "invalid timeout: whole seconds");
+                goto out;
+            }
+            if (have_timeout && t != raw_timeout) {
+                fail(err, 400, "two different timeout values");
+                goto out;
+            }
             have_timeout = true;
             raw_timeout = t;
             out->timeout = t > lim->max_timeout ? lim->max_timeout : (unsigned)t;
         }
     }
-    if (!have_channel)
-        strcpy(out->channel, "default");
-    out->event_stream = accepts_event_stream(in->accept);
-    if (out->event_stream && !out->has_since && in->last_event_id && in->last_event_id[0]) {
-        /* Last-Event-ID is "EPOCH:ID" as we send it; a malformed one is
-         * ignored as browsers resend whatever they last saw. */
-        const char *lei = in->last_event_id;
-        const char *colon = strrchr(lei, ':');
-        uint64_t s;
-        size_t el = colon ? (size_t)(colon - lei) : 0;
-        if (colon && env_parse_u64(colon + 1, strlen(colon + 1), &s) == 0 && el &&
-            el <= PW_EPOCH_MAX && epoch_valid(lei, el)) {
-            if (!have_epoch) {
-                memcpy(out->epoch, lei, el);
-                out->epoch[el] = '\0';
-            }
-            out->has_since = true;
-            out->since = s;
+    if (!have_channel) {
+        strcpy(out->chans[0].channel, "default");
+        out->chans[0].has_since = false;
+        out->chans[0].since = 0;
+        out->chans[0].epoch[0] = '\0';
+        out->n = 1;
+    }
+    out->multi = out->n > 1;
+    if (since_v) {
+        free(list);
+        list = xmalloc(since_vl + 1);
+        ssize_t dn = form_decode(since_v, since_vl, list);
+        if (dn >= 0 && memchr(list, '=', (size_t)dn)) {
+            since_list = true;
+            if (api_parse_position_list(list, (size_t)dn, out, true, err) < 0)
+                goto out;
+        } else if (dn < 0 || env_parse_u64(list, (size_t)dn, &since) < 0) {
+            fail(err, 400, "invalid since: a message id (decimal integer)");
+            goto out;
+        } else {
+            have_since = true;
         }
     }
-    return 0;
+    if (have_since || (have_epoch && !since_list)) {
+        if (out->n != 1) {
+            fail(err, 400, out->n ? "several channels: give since as CHANNEL=[EPOCH:]ID,..."
+                                  : "since without a channel");
+            goto out;
+        }
+        out->chans[0].has_since = have_since;
+        out->chans[0].since = since;
+        strcpy(out->chans[0].epoch, epoch);
+    } else if (have_epoch) {
+        fail(err, 400, "with a list of positions, epochs go in it (CHANNEL=EPOCH:ID)");
+        goto out;
+    }
+    out->event_stream = accepts_event_stream(in->accept);
+    const char *lei = in->last_event_id;
+    bool any_since = false;
+    for (size_t i = 0; i < out->n; i++)
+        any_since |= out->chans[i].has_since;
+    if (out->event_stream && !any_since && lei && lei[0]) {
+        /* Last-Event-ID is what we sent: "EPOCH:ID", or a position list
+         * for several channels. A malformed one is ignored, as browsers
+         * resend whatever they last saw. */
+        size_t ll = strlen(lei);
+        if (memchr(lei, '=', ll)) {
+            api_parse_position_list(lei, ll, out, false, err);
+        } else if (out->n == 1) {
+            uint64_t s;
+            char e[PW_EPOCH_MAX + 1];
+            if (parse_position(lei, ll, &s, e) == 0 && e[0]) {
+                if (!have_epoch)
+                    strcpy(out->chans[0].epoch, e);
+                out->chans[0].has_since = true;
+                out->chans[0].since = s;
+            }
+        }
+    }
+    rc = 0;
+out:
+    free(list);
+    return rc;
 }
 
 int api_check_publish_origin(const api_http *in, const char *allow, api_error *err)

@@ -39,6 +39,7 @@ typedef struct api_limits {
     size_t max_content;       /* decoded content bytes (default 65536) */
     unsigned default_timeout; /* seconds */
     unsigned max_timeout;     /* seconds */
+    bool allow_empty;         /* "channel=" means no channel yet (a WebSocket subscribes in band) */
 } api_limits;
 
 typedef struct api_error {
@@ -54,13 +55,23 @@ typedef struct api_publish {
     char idem_key[PW_IDEM_KEY_MAX + 1]; /* "" when absent */
 } api_publish;
 
-typedef struct api_poll {
+/* One channel of a subscribe request and where the client stands in it. */
+typedef struct api_chan {
     char channel[PW_CHANNEL_MAX + 1];
     bool has_since;
     uint64_t since;
     char epoch[PW_EPOCH_MAX + 1]; /* "" when absent */
-    unsigned timeout;             /* seconds, already capped */
-    bool event_stream;            /* Accept: text/event-stream */
+} api_chan;
+
+/* Hard cap of the channels one connection may follow (--max-subscriptions). */
+#define API_SUBS_MAX 1000
+
+typedef struct api_poll {
+    api_chan *chans; /* the caller's array (api_parse_poll) */
+    size_t n;        /* channels listed: 1.., or 0 for "channel=" when allow_empty */
+    bool multi;      /* several channels: answers and event ids in the list form */
+    unsigned timeout; /* seconds, already capped */
+    bool event_stream; /* Accept: text/event-stream */
 } api_poll;
 
 enum api_route api_route(const char *path);
@@ -78,10 +89,24 @@ int api_parse_publish(const api_http *in, const api_limits *lim, api_publish *ou
                       api_error *err);
 void api_publish_free(api_publish *p);
 
-/* Check method and parameters of GET /status (long-poll or EventSource).
- * For EventSource, Last-Event-ID "EPOCH:ID" stands for epoch and since when
- * the query does not give them. Returns 0, or -1 with *err set. */
-int api_parse_poll(const api_http *in, const api_limits *lim, api_poll *out, api_error *err);
+/* Check method and parameters of GET /status (long-poll, EventSource,
+ * WebSocket). The channels, at most cap of them, go into chans[]:
+ *   channel=a,b,c             a list of distinct names (default: "default");
+ *   since=N [&epoch=E]        the position when there is one channel;
+ *   since=a=E:5,b=7           a position list: CHANNEL=[EPOCH:]ID items (an
+ *                             item splits at its first '=', its position at
+ *                             the last ':'), for any number of channels;
+ *   timeout=S                 long-poll hold, capped.
+ * For EventSource, Last-Event-ID (what we send as event ids: "EPOCH:ID",
+ * or a position list) stands for the positions when the query gives none;
+ * a malformed one is ignored. Returns 0, or -1 with *err set. */
+int api_parse_poll(const api_http *in, const api_limits *lim, api_poll *out, api_chan *chans,
+                   size_t cap, api_error *err);
+
+/* Apply a position list s[0..n) to the channels of out. strict: a
+ * malformed item, a channel not in out or named twice is an error (-1
+ * with 400); otherwise such items are skipped. */
+int api_parse_position_list(const char *s, size_t n, api_poll *out, bool strict, api_error *err);
 
 /* Whether a publish may come from where the browser says it does (CSRF: a
  * page on another site can POST a form here with the visitor's cookies).

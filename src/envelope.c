@@ -98,7 +98,7 @@ void env_status(buf *b, const char *channel, const char *epoch, pw_msg *const *m
         buf_puts(b, ",\"reset\":true");
     if (more)
         buf_puts(b, ",\"more\":true");
-    buf_puts(b, "}\n");
+    buf_putc(b, '}');
 }
 
 void env_publish_ok(buf *b, uint64_t id, const char *channel, const char *epoch)
@@ -133,9 +133,15 @@ void env_refreshed(buf *b, const char *channel, long long expires)
     buf_printf(b, ",\"expires\":%lld}", expires);
 }
 
-void env_control_error(buf *b, int status, const char *msg)
+void env_control_error(buf *b, const char *channel, int status, const char *msg)
 {
-    buf_printf(b, "{\"type\":\"error\",\"status\":%d,\"error\":", status);
+    buf_puts(b, "{\"type\":\"error\",");
+    if (channel && channel[0]) {
+        buf_puts(b, "\"channel\":");
+        env_json_string(b, channel, strlen(channel));
+        buf_putc(b, ',');
+    }
+    buf_printf(b, "\"status\":%d,\"error\":", status);
     env_json_string(b, msg, strlen(msg));
     buf_putc(b, '}');
 }

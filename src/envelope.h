@@ -31,7 +31,7 @@ typedef struct pw_msg {
  * safe inside JavaScript source). */
 void env_json_string(buf *b, const char *s, size_t n);
 
-/* The long-poll answer:
+/* The long-poll answer for one channel (no newline after it):
  * {"channel":C,"epoch":E,"id":ID,"content":CONTENT,"messages":[...]
  *  [,"reset":true][,"more":true]}
  * With messages (n > 0) id/content are those of msgs[n-1]; otherwise the
@@ -51,9 +51,10 @@ void env_expired(buf *b, const char *channel);
 
 /* WebSocket answers to a client's control message:
  * {"type":"refreshed","channel":C,"expires":T}       (T: unix seconds, 0: none)
- * {"type":"error","status":S,"error":MSG}           (MSG escaped) */
+ * {"type":"error","channel":C,"status":S,"error":MSG}  (C, MSG escaped; no
+ *                                                      "channel" when C is "") */
 void env_refreshed(buf *b, const char *channel, long long expires);
-void env_control_error(buf *b, int status, const char *msg);
+void env_control_error(buf *b, const char *channel, int status, const char *msg);
 
 /* A WebSocket / EventSource message object:
  * {"channel":C,"epoch":E,"id":N,"content":...,"time":T} */

@@ -34,6 +34,7 @@
 #include "origin.h"
 #include "outq.h"
 #include "redis_url.h"
+#include "subset.h"
 #include "ws_frame.h"
 #include "ws_handshake.h"
 
@@ -54,10 +55,11 @@ enum client_state { C_HANDSHAKE, C_OPEN, C_CLOSING, C_DEAD };
 
 typedef struct client {
     conn c; /* socket, queue, lifetime (conn.h) */
-    hub_sub sub;
+    subset subs; /* the channels it follows (subset.h) */
     timer t; /* handshake deadline, ping interval, or close linger */
-    timer exp; /* the end of the token that opened a private channel */
     buf *msg; /* the text message being read, while it may be a control message */
+    char *token; /* the handshake's token, for in-band subscribes without one */
+    uint32_t unstarted; /* channels of the URL whose start point is not fixed yet */
     ws_parser parser;
     struct client *prev, *next;
     struct client *hs_prev, *hs_next; /* on R's handshake list, oldest first */
@@ -65,7 +67,7 @@ typedef struct client {
     uint32_t head_len;
     uint8_t state;
     bool ping_outstanding;
-    bool paused;       /* a batch with more waits for the queue to drain */
+    bool paused;       /* a subscription waits for the queue to drain */
     bool close_after;  /* our close frame (or refusal) is queued: no more data */
     bool await_peer;   /* after it is written, wait for the peer's close or EOF */
     bool write_shut;   /* our side is shut down; waiting for the peer */
@@ -78,7 +80,7 @@ static struct config {
     daemon_common c;
     const char *listen;
     unsigned ping_interval, max_message, max_queue, sndbuf, max_clients, handshake_timeout;
-    unsigned max_handshakes;
+    unsigned max_handshakes, max_subs;
 } cfg = {
     .c = DAEMON_COMMON_DEFAULTS,
     .listen = "127.0.0.1:9100",
@@ -89,6 +91,7 @@ static struct config {
     .max_clients = 19000,
     .handshake_timeout = 10,
     .max_handshakes = 1000,
+    .max_subs = 100,
 };
 
 static struct relay {
@@ -104,6 +107,7 @@ static struct relay {
     struct {
         uint64_t accepted, upgrades, refused[6], slow_cutoffs, dead_pings, protocol_errors;
         uint64_t handshakes_evicted, auth_refused, token_expired, refreshes;
+        uint64_t control_messages;
         uint64_t frames_out;
     } st;
 } R;
@@ -146,6 +150,8 @@ static void client_free(conn *cc)
     client *c = client_of(cc);
     free(c->head);
     rbuf_unref(c->held_101);
+    subset_clear(NULL, R.d.l, &c->subs);
+    free(c->token);
     if (c->msg)
         buf_free(c->msg);
     free(c->msg);
@@ -160,9 +166,8 @@ static void client_closed(conn *cc)
         R.nopen--;
     hs_del(c);
     c->state = C_DEAD;
-    hub_unsubscribe(R.d.h, &c->sub);
+    subset_detach(R.d.h, R.d.l, &c->subs);
     timer_stop(R.d.l, &c->t);
-    timer_stop(R.d.l, &c->exp);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -198,7 +203,7 @@ static void client_drained(conn *cc)
     }
     if (c->paused && c->state == C_OPEN) {
         c->paused = false;
-        hub_sub_resume(R.d.h, &c->sub);
+        subset_resume(R.d.h, &c->subs);
     }
 }
 
@@ -266,7 +271,7 @@ static void client_finish(client *c, const void *p, size_t n, bool drop_queue, b
 {
     hs_del(c);
     c->state = C_CLOSING;
-    hub_unsubscribe(R.d.h, &c->sub);
+    subset_detach(R.d.h, R.d.l, &c->subs);
     if (drop_queue)
         conn_drop_unstarted(&c->c);
     release_101(c);
@@ -318,9 +323,15 @@ static rbuf *encode_frames(const hub_batch *b)
     return r;
 }
 
+static void started(client *c, csub *cs);
+
 static void on_deliver(hub_sub *s, hub_batch *b)
 {
-    client *c = (client *)((char *)s - offsetof(client, sub));
+    csub *cs = csub_of(s);
+    client *c = cs->owner;
+    started(c, cs);
+    if (c->state != C_OPEN)
+        return;
     rbuf *frames;
     if (b->cache && b->cache_free == frames_free) {
         frames = rbuf_ref(b->cache);
@@ -343,9 +354,12 @@ static void on_deliver(hub_sub *s, hub_batch *b)
     rbuf_unref(frames);
     if (!ok)
         return;
-    if (b->more || conn_queued(&c->c) > cfg.max_queue) {
+    if (conn_queued(&c->c) > cfg.max_queue) {
         c->paused = true;
-        hub_sub_pause(R.d.h, &c->sub);
+        subset_pause(R.d.h, &c->subs);
+    } else if (b->more) {
+        c->paused = cs->paused = true;
+        hub_sub_pause(R.d.h, &cs->sub);
     }
     /* Written after the round: one writev carries every frame queued for
      * this client meanwhile. */
@@ -354,9 +368,10 @@ static void on_deliver(hub_sub *s, hub_batch *b)
 
 static void on_parked(hub_sub *s)
 {
-    client *c = (client *)((char *)s - offsetof(client, sub));
-    if (c->held_101) {
-        release_101(c);
+    csub *cs = csub_of(s);
+    client *c = cs->owner;
+    if (!cs->confirmed) {
+        started(c, cs);
         client_flush(c);
     }
 }
@@ -394,40 +409,6 @@ static void ping_cb(loop *l, timer *t)
 
 /* ---- control messages and tokens -------------------------------------------------- */
 
-/* The token that opened a private channel ended, and no refresh came. */
-static void token_expired(loop *l, timer *t)
-{
-    (void)l;
-    client *c = (client *)((char *)t - offsetof(client, exp));
-    if (c->state != C_OPEN)
-        return;
-    R.st.token_expired++;
-    client_close(c, CLOSE_TOKEN_EXPIRED, "token expired", false, true);
-}
-
-/* Start (or stop, when expires is 0) the client's token timer. */
-static void token_timer(client *c, time_t expires)
-{
-    timer_stop(R.d.l, &c->exp);
-    if (expires)
-        timer_start(R.d.l, &c->exp, auth_ms_until(expires));
-}
-
-/* Collect a text message's bytes while it may be a control message: the
- * first byte must open a JSON object and the whole fit CONTROL_MAX. */
-static void text_sink(void *ctx, const uint8_t *data, size_t n)
-{
-    client *c = ctx;
-    if (!c->msg) {
-        c->msg = xcalloc(1, sizeof *c->msg); /* zeroed: BUF_INIT */
-    }
-    if (c->msg->len + n > CONTROL_MAX) {
-        c->msg->len = CONTROL_MAX + 1; /* too long: marked, bytes dropped */
-        return;
-    }
-    buf_append(c->msg, data, n);
-}
-
 static void send_control(client *c, const buf *json)
 {
     uint8_t hdr[WS_FRAME_HEADER_MAX];
@@ -435,49 +416,230 @@ static void send_control(client *c, const buf *json)
     buf f = BUF_INIT;
     buf_append(&f, hdr, hl);
     buf_append(&f, json->data, json->len);
-    bool ok = push_bytes(c, f.data, f.len);
+    push_bytes(c, f.data, f.len);
     buf_free(&f);
-    if (ok)
+}
+
+/* {"type":T,"channel":C} and {"type":"error",...} answers; flushed after
+ * the round. */
+static void control_reply(client *c, const char *type, const char *channel)
+{
+    buf j = BUF_INIT;
+    buf_printf(&j, "{\"type\":\"%s\",\"channel\":", type);
+    env_json_string(&j, channel, strlen(channel));
+    buf_putc(&j, '}');
+    send_control(c, &j);
+    buf_free(&j);
+    conn_flush_later(&c->c);
+}
+
+static void control_error(client *c, const char *channel, int status, const char *msg)
+{
+    buf j = BUF_INIT;
+    env_control_error(&j, channel, status, msg);
+    send_control(c, &j);
+    buf_free(&j);
+    conn_flush_later(&c->c);
+}
+
+/* Arm cs's timer for its token's end (nothing when it has none). */
+static void token_timer(csub *cs)
+{
+    timer_stop(R.d.l, &cs->t);
+    if (cs->expires)
+        timer_start(R.d.l, &cs->t, auth_ms_until(cs->expires));
+}
+
+/* cs's start point is fixed (parked or first delivery), or Redis could not
+ * tell in time: tell the client it is subscribed. A channel of the URL is
+ * confirmed by the 101, sent once every one of them is; an in-band one by
+ * {"type":"subscribed"}. Then the timer watches the token. */
+static void started(client *c, csub *cs)
+{
+    if (cs->confirmed)
+        return;
+    cs->confirmed = true;
+    if (cs->in_band) {
+        control_reply(c, "subscribed", cs->name);
+    } else if (c->unstarted && --c->unstarted == 0) {
+        release_101(c);
+    }
+    token_timer(cs);
+}
+
+/* A subscription's timer: the confirmation deadline, then its token's end.
+ * An ended token ends the subscription ({"type":"expired"}); a connection
+ * left with no channel by that is closed with 4401. */
+static void csub_timer(loop *l, timer *t)
+{
+    (void)l;
+    csub *cs = (csub *)((char *)t - offsetof(csub, t));
+    client *c = cs->owner;
+    if (c->state != C_OPEN)
+        return;
+    if (!cs->confirmed) {
+        started(c, cs);
+        client_flush(c);
+        return;
+    }
+    R.st.token_expired++;
+    buf j = BUF_INIT;
+    env_expired(&j, cs->name);
+    send_control(c, &j);
+    buf_free(&j);
+    subset_del(R.d.h, R.d.l, &c->subs, cs);
+    if (c->state != C_OPEN)
+        return;
+    if (c->subs.n == 0)
+        client_close(c, CLOSE_TOKEN_EXPIRED, "token expired", false, true);
+    else
         client_flush(c);
 }
 
-static void control_error(client *c, int status, const char *msg)
+/* Collect a text message's bytes while it may be a control message: the
+ * first byte must open a JSON object and the whole fit CONTROL_MAX. */
+static void text_sink(void *ctx, const uint8_t *data, size_t n)
 {
-    buf j = BUF_INIT;
-    env_control_error(&j, status, msg);
-    send_control(c, &j);
-    buf_free(&j);
-}
-
-/* {"type":"refresh","token":T}: a new token for the channel; the
- * connection then lives until its end. A token that does not grant the
- * channel changes nothing and is answered with an error. */
-static void control_refresh(client *c, json_t *msg)
-{
-    const char *tok = json_string_value(json_object_get(msg, "token"));
-    if (!tok) {
-        control_error(c, 400, "refresh needs a \"token\" string");
+    client *c = ctx;
+    if (!c->msg)
+        c->msg = xcalloc(1, sizeof *c->msg); /* zeroed: BUF_INIT */
+    if (c->msg->len + n > CONTROL_MAX) {
+        c->msg->len = CONTROL_MAX + 1; /* too long: marked, bytes dropped */
         return;
     }
-    const char *channel = hub_sub_channel(&c->sub);
-    if (!auth_is_private(cfg.c.auth, channel)) {
-        control_error(c, 400, "this channel is public: no token to refresh");
+    buf_append(c->msg, data, n);
+}
+
+/* Whether the connection may read channel with tok (NULL: the handshake's
+ * token): 0 and *expires, or -1 after answering the error. */
+static int authorize(client *c, const char *channel, const char *tok, time_t *expires)
+{
+    *expires = 0;
+    if (!auth_is_private(cfg.c.auth, channel))
+        return 0;
+    if (!tok)
+        tok = c->token;
+    auth_error e;
+    if (auth_check_subscribe(cfg.c.auth, channel, tok, tok ? strlen(tok) : 0, time(NULL), expires,
+                             &e) == 0)
+        return 0;
+    R.st.auth_refused++;
+    control_error(c, channel, e.status, e.message);
+    return -1;
+}
+
+/* {"type":"subscribe","channel":C[,"since":N][,"epoch":E][,"token":T]} */
+static void control_subscribe(client *c, json_t *msg)
+{
+    json_t *jc = json_object_get(msg, "channel"), *js = json_object_get(msg, "since");
+    json_t *je = json_object_get(msg, "epoch"), *jt = json_object_get(msg, "token");
+    const char *ch = json_string_value(jc);
+    if (!ch || !api_channel_valid(ch, strlen(ch))) {
+        control_error(c, ch && strlen(ch) <= PW_CHANNEL_MAX ? ch : "", 400,
+                      "subscribe needs a valid \"channel\" (1-64 of A-Z a-z 0-9 _ . : -)");
+        return;
+    }
+    const char *epoch = "";
+    if (je && (!json_is_string(je) || !api_channel_valid(json_string_value(je),
+                                                         json_string_length(je)))) {
+        control_error(c, ch, 400, "invalid epoch");
+        return;
+    }
+    if (je)
+        epoch = json_string_value(je);
+    if (js && (!json_is_integer(js) || json_integer_value(js) < 0 ||
+               json_integer_value(js) > 999999999999999LL)) {
+        control_error(c, ch, 400, "invalid since: a message id (integer)");
+        return;
+    }
+    if (jt && !json_is_string(jt)) {
+        control_error(c, ch, 400, "invalid token: a string");
+        return;
+    }
+    if (subset_find(&c->subs, ch)) {
+        control_error(c, ch, 409, "already subscribed");
+        return;
+    }
+    if (c->subs.n >= cfg.max_subs) {
+        control_error(c, ch, 400, "too many channels for one connection (--max-subscriptions)");
         return;
     }
     time_t expires;
-    auth_error e;
-    if (auth_check_subscribe(cfg.c.auth, channel, tok, strlen(tok), time(NULL), &expires, &e) <
-        0) {
-        R.st.auth_refused++;
-        control_error(c, e.status, e.message);
+    if (authorize(c, ch, jt ? json_string_value(jt) : NULL, &expires) < 0)
+        return;
+    csub *cs = subset_add(&c->subs, c, &ws_ops, true, ch);
+    cs->in_band = true;
+    cs->expires = expires;
+    cs->t.cb = csub_timer;
+    timer_start(R.d.l, &cs->t, cfg.c.redis_timeout); /* confirmation deadline */
+    bool has_since = js != NULL;
+    uint64_t since = js ? (uint64_t)json_integer_value(js) : 0;
+    if (hub_subscribe(R.d.h, &cs->sub, cs->name, has_since, since, epoch) < 0) {
+        subset_del(R.d.h, R.d.l, &c->subs, cs);
+        control_error(c, ch, 503, "this relay follows too many channels (--max-channels); retry "
+                                  "later");
+    }
+}
+
+/* {"type":"unsubscribe","channel":C}: nothing of C follows the answer. */
+static void control_unsubscribe(client *c, json_t *msg)
+{
+    const char *ch = json_string_value(json_object_get(msg, "channel"));
+    csub *cs = ch ? subset_find(&c->subs, ch) : NULL;
+    if (!cs) {
+        control_error(c, ch && strlen(ch) <= PW_CHANNEL_MAX ? ch : "", 404, "not subscribed");
         return;
     }
-    R.st.refreshes++;
-    token_timer(c, expires);
-    buf j = BUF_INIT;
-    env_refreshed(&j, channel, (long long)expires);
-    send_control(c, &j);
-    buf_free(&j);
+    if (!cs->confirmed && !cs->in_band && c->unstarted && --c->unstarted == 0)
+        release_101(c);
+    subset_del(R.d.h, R.d.l, &c->subs, cs);
+    control_reply(c, "unsubscribed", ch);
+}
+
+/* {"type":"refresh","token":T[,"channel":C]}: a new token for every
+ * private channel it grants (or for C); each then lives until its end. A
+ * token that grants none changes nothing and is answered with an error. */
+static void control_refresh(client *c, json_t *msg)
+{
+    const char *tok = json_string_value(json_object_get(msg, "token"));
+    const char *only = json_string_value(json_object_get(msg, "channel"));
+    if (!tok) {
+        control_error(c, only ? only : "", 400, "refresh needs a \"token\" string");
+        return;
+    }
+    size_t done = 0;
+    auth_error e = {401, "invalid token"};
+    bool any_private = false;
+    for (csub *cs = c->subs.head; cs; cs = cs->next) {
+        if ((only && strcmp(only, cs->name)) || !auth_is_private(cfg.c.auth, cs->name))
+            continue;
+        any_private = true;
+        time_t expires;
+        if (auth_check_subscribe(cfg.c.auth, cs->name, tok, strlen(tok), time(NULL), &expires,
+                                 &e) < 0)
+            continue;
+        cs->expires = expires;
+        if (cs->confirmed)
+            token_timer(cs);
+        buf j = BUF_INIT;
+        env_refreshed(&j, cs->name, (long long)expires);
+        send_control(c, &j);
+        buf_free(&j);
+        done++;
+    }
+    if (done) {
+        R.st.refreshes++;
+        conn_flush_later(&c->c);
+        return;
+    }
+    if (!any_private) {
+        control_error(c, only ? only : "", only && !subset_find(&c->subs, only) ? 404 : 400,
+                      only && !subset_find(&c->subs, only) ? "not subscribed"
+                                                          : "no private channel to refresh");
+        return;
+    }
+    R.st.auth_refused++;
+    control_error(c, only ? only : "", e.status, e.message);
 }
 
 /* A whole text message arrived (in c->msg). A JSON object with a "type"
@@ -500,17 +662,22 @@ static void on_text(client *c)
     free(m);
     if (!object)
         return;
+    R.st.control_messages++;
     const char *type = doc ? json_string_value(json_object_get(doc, "type")) : NULL;
     if (too_long)
-        control_error(c, 413, "control message too long");
-    else if (!doc)
-        control_error(c, 400, "control message is not valid JSON");
+        control_error(c, "", 413, "control message too long");
+    else if (!doc || !json_is_object(doc))
+        control_error(c, "", 400, "control message is not a valid JSON object");
     else if (!type)
         ; /* an object without "type": not a control message */
+    else if (!strcmp(type, "subscribe"))
+        control_subscribe(c, doc);
+    else if (!strcmp(type, "unsubscribe"))
+        control_unsubscribe(c, doc);
     else if (!strcmp(type, "refresh"))
         control_refresh(c, doc);
     else
-        control_error(c, 400, "unknown control message type");
+        control_error(c, "", 400, "unknown control message type");
     json_decref(doc);
 }
 
@@ -625,27 +792,32 @@ static void upgrade(client *c, const ws_request *req)
         query[req->query.len] = '\0';
     }
     api_http http = {.method = "GET", .path = path, .query = query};
-    api_limits lim = {.max_content = 0, .default_timeout = 0, .max_timeout = 0};
+    api_limits lim = {.max_content = 0, .default_timeout = 0, .max_timeout = 0,
+                      .allow_empty = true};
+    static api_chan chans[API_SUBS_MAX];
     api_poll p;
     api_error err;
-    if (api_parse_poll(&http, &lim, &p, &err) < 0) {
+    if (api_parse_poll(&http, &lim, &p, chans, cfg.max_subs, &err) < 0) {
         refuse(c, err.status == 405 ? 400 : err.status);
         return;
     }
-    /* A private channel needs a token (auth.h): in Authorization, the
-     * query or the cookie, as for the HTTP transports. */
-    time_t expires = 0;
-    if (auth_is_private(cfg.c.auth, p.channel)) {
-        char authz[HEAD_MAX], cookie[HEAD_MAX];
-        slice_str(&req->authorization, authz, sizeof authz);
-        slice_str(&req->cookie, cookie, sizeof cookie);
-        const char *tok = NULL;
-        size_t tl = 0;
-        auth_find_token(authz, query, cookie, &tok, &tl);
+    /* The token (auth.h: Authorization, the query or the cookie, as for the
+     * HTTP transports) opens the private channels of the URL, and those of
+     * later subscribes that bring none of their own. */
+    char authz[HEAD_MAX], cookie[HEAD_MAX];
+    slice_str(&req->authorization, authz, sizeof authz);
+    slice_str(&req->cookie, cookie, sizeof cookie);
+    const char *tok = NULL;
+    size_t tl = 0;
+    auth_find_token(authz, query, cookie, &tok, &tl);
+    time_t ends[API_SUBS_MAX];
+    for (size_t i = 0; i < p.n; i++) {
         auth_error ae;
-        if (auth_check_subscribe(cfg.c.auth, p.channel, tok, tl, time(NULL), &expires, &ae) < 0) {
+        if (auth_check_subscribe(cfg.c.auth, p.chans[i].channel, tok, tl, time(NULL), &ends[i],
+                                 &ae) < 0) {
             R.st.auth_refused++;
-            log_debug("refused WebSocket to %s: %d %s", p.channel, ae.status, ae.message);
+            log_debug("refused WebSocket to %s: %d %s", p.chans[i].channel, ae.status,
+                      ae.message);
             refuse(c, ae.status);
             return;
         }
@@ -656,10 +828,12 @@ static void upgrade(client *c, const ws_request *req)
         refuse(c, 400);
         return;
     }
+    if (tok && tl && tl <= AUTH_TOKEN_MAX && auth_has_keys(cfg.c.auth))
+        c->token = xstrndup(tok, tl);
     size_t n = ws_handshake_response_101(resp, sizeof resp, accept);
     /* The 101 tells the client it is subscribed: hold it until the hub has
-     * fixed the client's start point (parked or first delivery), so that a
-     * message the client publishes from onopen is never skipped. If Redis
+     * fixed every channel's start point (parked or first delivery), so that
+     * a message the client publishes from onopen is never skipped. If Redis
      * cannot tell within the Redis timeout, open anyway. */
     c->held_101 = rbuf_new(resp, n);
     R.st.upgrades++;
@@ -672,22 +846,43 @@ static void upgrade(client *c, const ws_request *req)
     c->last_rx = loop_now(R.d.l);
     c->t.cb = hold_101_cb;
     timer_start(R.d.l, &c->t, cfg.c.redis_timeout);
-    hub_sub_init(&c->sub, &ws_ops, true);
-    if (hub_subscribe(R.d.h, &c->sub, p.channel, p.has_since, p.since, p.epoch) < 0) {
-        /* Every channel slot has subscribers (--max-channels): 503 before
-         * the 101, as if the upgrade had never been taken. */
-        log_info("refused WebSocket: too many channels (--max-channels)");
-        rbuf_unref(c->held_101);
-        c->held_101 = NULL;
-        c->upgraded = false;
-        R.nopen--;
-        R.st.upgrades--;
-        c->state = C_HANDSHAKE;
-        timer_stop(R.d.l, &c->t);
-        refuse(c, 503);
+    for (size_t i = 0; i < p.n; i++) {
+        csub *cs = subset_add(&c->subs, c, &ws_ops, true, p.chans[i].channel);
+        cs->expires = ends[i];
+        cs->t.cb = csub_timer;
+    }
+    c->unstarted = (uint32_t)p.n;
+    if (p.n == 0) {
+        release_101(c); /* nothing to wait for: subscribes come in band */
+        client_flush(c);
         return;
     }
-    token_timer(c, expires);
+    size_t i = 0;
+    for (csub *cs = c->subs.head, *next; cs && c->state == C_OPEN; cs = next, i++) {
+        next = cs->next;
+        const api_chan *ch = &p.chans[i];
+        if (hub_subscribe(R.d.h, &cs->sub, cs->name, ch->has_since, ch->since, ch->epoch) == 0)
+            continue;
+        log_info("refused WebSocket channel: too many channels (--max-channels)");
+        if (c->held_101) {
+            /* Every channel slot has subscribers: 503 before the 101, as if
+             * the upgrade had never been taken. */
+            subset_detach(R.d.h, R.d.l, &c->subs);
+            rbuf_unref(c->held_101);
+            c->held_101 = NULL;
+            c->upgraded = false;
+            R.nopen--;
+            R.st.upgrades--;
+            c->state = C_HANDSHAKE;
+            timer_stop(R.d.l, &c->t);
+            refuse(c, 503);
+            return;
+        }
+        /* A delivery already opened the connection: refuse this one channel. */
+        subset_del(R.d.h, R.d.l, &c->subs, cs);
+        control_error(c, ch->channel, 503,
+                      "this relay follows too many channels (--max-channels); retry later");
+    }
 }
 
 static void handshake_read(client *c)
@@ -775,7 +970,6 @@ static void client_adopt(int fd)
     client *c = xcalloc(1, sizeof *c);
     conn_init(&c->c, R.d.l, fd, &client_ops, READ_PAUSE);
     c->t.cb = handshake_deadline;
-    c->exp.cb = token_expired;
     c->state = C_HANDSHAKE;
     c->next = R.clients;
     if (R.clients)
@@ -882,6 +1076,8 @@ static const opt_def relay_options[] = {
      "connections before accepting pauses (mind the open-file limit)"},
     {"handshake-timeout", "PW_HANDSHAKE_TIMEOUT", OPT_UINT, &cfg.handshake_timeout, 1, 600,
      "SECONDS", "time allowed for the opening handshake"},
+    {"max-subscriptions", "PW_MAX_SUBSCRIPTIONS", OPT_UINT, &cfg.max_subs, 1, API_SUBS_MAX, "N",
+     "channels one WebSocket may follow (channel=a,b,... and subscribe messages)"},
     {"max-handshakes", "PW_MAX_HANDSHAKES", OPT_UINT, &cfg.max_handshakes, 1, 1000000, "N",
      "connections in their opening handshake at once; past it the oldest is dropped"},
 };

@@ -31,6 +31,7 @@
 #include "opts.h"
 #include "outq.h"
 #include "redis_url.h"
+#include "subset.h"
 
 #define SSE_QUEUE_MAX   (4u << 20) /* an EventSource client this far behind is cut off */
 #define SSE_RESUME_MAX  (256u << 10)
@@ -46,7 +47,8 @@ enum req_phase { P_IDLE, P_ACTIVE, P_WRITING, P_DONE };
 
 typedef struct req {
     conn c; /* socket, queue, lifetime (conn.h); a reply from Redis holds it */
-    hub_sub sub;
+    subset subs; /* the channels a long-poll or stream follows */
+    bool multi;  /* several channels: answers and event ids in the list form */
     timer tmo; /* long-poll timeout, or EventSource heartbeat */
     timer exp; /* EventSource: the end of the token that opened a private channel */
     fcgi_parser fp;
@@ -67,6 +69,7 @@ static struct config {
     const char *listen;
     const char *publish_token;
     bool publish_requires_token;
+    unsigned max_subs;
     unsigned history, max_content, poll_timeout, max_poll_timeout;
     unsigned sse_heartbeat, max_requests;
 } cfg = {
@@ -79,6 +82,7 @@ static struct config {
     .max_poll_timeout = 120,
     .sse_heartbeat = 15,
     .max_requests = 19000,
+    .max_subs = 100,
 };
 
 static struct worker {
@@ -114,6 +118,7 @@ static req *req_of(conn *c) { return (req *)(void *)c; }
 static void req_free(conn *c)
 {
     req *r = req_of(c);
+    subset_clear(NULL, W.d.l, &r->subs);
     free(r->pub_channel);
     fcgi_parser_free(&r->fp);
     free(r);
@@ -150,8 +155,7 @@ static void req_closed(conn *c)
     if (r->phase == P_IDLE)
         W.nidle--;
     r->phase = P_DONE;
-    if (W.d.h)
-        hub_unsubscribe(W.d.h, &r->sub);
+    subset_detach(W.d.h, W.d.l, &r->subs);
     timer_stop(W.d.l, &r->tmo);
     timer_stop(W.d.l, &r->exp);
     req_unlink(r);
@@ -174,6 +178,7 @@ static void req_done(req *r)
         W.st.sse_streams--;
     timer_stop(W.d.l, &r->tmo);
     timer_stop(W.d.l, &r->exp);
+    subset_clear(W.d.h, W.d.l, &r->subs);
     free(r->pub_channel);
     r->pub_channel = NULL;
     r->kind = K_NONE;
@@ -195,7 +200,7 @@ static void req_drained(conn *c)
     }
     if (r->kind == K_SSE && r->sse_paused && r->phase == P_ACTIVE) {
         r->sse_paused = false;
-        hub_sub_resume(W.d.h, &r->sub);
+        subset_resume(W.d.h, &r->subs);
     }
 }
 
@@ -310,12 +315,28 @@ static rbuf *poll_records(uint16_t reqid, const hub_batch *b)
     buf body = BUF_INIT;
     env_status(&body, b->channel, b->epoch, b->msgs, b->n, b->reset, b->more, b->newest_id,
                b->newest_json);
+    buf_putc(&body, '\n');
     rbuf *r = json_records(reqid, 200, &body, NULL);
     buf_free(&body);
     return r;
 }
 
-static rbuf *sse_records(uint16_t reqid, const hub_batch *b)
+/* One event id: "EPOCH:ID" on a single-channel stream; on a stream of
+ * several channels the position list (api.h) of every channel, others
+ * being the positions of the rest. */
+static void sse_id(buf *ev, const char *others, const hub_batch *b, uint64_t id)
+{
+    if (!others)
+        buf_printf(ev, "id: %s:%llu\n", b->epoch, (unsigned long long)id);
+    else
+        buf_printf(ev, "id: %s%s%s=%s:%llu\n", others, others[0] ? "," : "", b->channel, b->epoch,
+                   (unsigned long long)id);
+}
+
+/* others: NULL for a single-channel stream (the same records for every
+ * stream of the channel), else the positions of the stream's other
+ * channels. */
+static rbuf *sse_records(uint16_t reqid, const hub_batch *b, const char *others)
 {
     buf ev = BUF_INIT, rec = BUF_INIT;
     if (b->reset) {
@@ -324,12 +345,15 @@ static rbuf *sse_records(uint16_t reqid, const hub_batch *b)
          * the replay. */
         uint64_t newest = b->n ? b->msgs[b->n - 1]->id : b->newest_id;
         uint64_t from = b->n ? b->msgs[0]->id - 1 : b->newest_id;
-        buf_printf(&ev, "event: reset\nid: %s:%llu\ndata: ", b->epoch, (unsigned long long)from);
+        buf_puts(&ev, "event: reset\n");
+        sse_id(&ev, others, b, from);
+        buf_puts(&ev, "data: ");
         env_push_reset(&ev, b->channel, b->epoch, newest);
         buf_puts(&ev, "\n\n");
     }
     for (size_t i = 0; i < b->n; i++) {
-        buf_printf(&ev, "id: %s:%llu\ndata: ", b->epoch, (unsigned long long)b->msgs[i]->id);
+        sse_id(&ev, others, b, b->msgs[i]->id);
+        buf_puts(&ev, "data: ");
         env_push_message(&ev, b->channel, b->epoch, b->msgs[i]);
         buf_puts(&ev, "\n\n");
     }
@@ -340,10 +364,51 @@ static rbuf *sse_records(uint16_t reqid, const hub_batch *b)
     return r;
 }
 
+/* Append to body the idle answer of every channel of r but except that
+ * the hub knows to be up to date; returns how many. */
+static size_t idle_statuses(req *r, const csub *except, buf *body, bool comma)
+{
+    size_t k = 0;
+    for (csub *cs = r->subs.head; cs; cs = cs->next) {
+        const char *epoch;
+        uint64_t newest;
+        const rbuf *json;
+        if (cs == except || !hub_sub_idle(&cs->sub, &epoch, &newest, &json))
+            continue;
+        if (comma || k)
+            buf_putc(body, ',');
+        env_status(body, cs->name, epoch, NULL, 0, false, false, newest, json);
+        k++;
+    }
+    return k;
+}
+
+/* The answer of a long-poll on several channels: {"channels":[...]} with
+ * b (when not NULL) and every channel that is up to date. */
+static void poll_answer_multi(req *r, const csub *from, const hub_batch *b)
+{
+    buf body = BUF_INIT;
+    buf_puts(&body, "{\"channels\":[");
+    if (b)
+        env_status(&body, b->channel, b->epoch, b->msgs, b->n, b->reset, b->more, b->newest_id,
+                   b->newest_json);
+    idle_statuses(r, from, &body, b != NULL);
+    buf_puts(&body, "]}\n");
+    subset_detach(W.d.h, W.d.l, &r->subs);
+    req_json(r, 200, &body, NULL);
+    buf_free(&body);
+}
+
 static void on_deliver(hub_sub *s, hub_batch *b)
 {
-    req *r = (req *)((char *)s - offsetof(req, sub));
-    batch_cache *c = r->reqid == 1 ? cache_of(b) : NULL;
+    csub *cs = csub_of(s);
+    req *r = cs->owner;
+    batch_cache *c = r->reqid == 1 && !r->multi ? cache_of(b) : NULL;
+    if (r->kind == K_POLL && r->multi) {
+        W.st.polls_answered++;
+        poll_answer_multi(r, cs, b);
+        return;
+    }
     if (r->kind == K_POLL) {
         rbuf *rec;
         if (c) {
@@ -358,7 +423,9 @@ static void on_deliver(hub_sub *s, hub_batch *b)
         rbuf_unref(rec);
         return;
     }
-    /* EventSource: append events; the stream stays open. */
+    /* EventSource: append events; the stream stays open. A delivery fixes
+     * the channel's start point too. */
+    cs->confirmed = true;
     sse_open(r);
     /* As the relay does: a stream that has read (nearly) everything takes
      * one batch beyond the bound, and nothing more until it is written. */
@@ -366,10 +433,16 @@ static void on_deliver(hub_sub *s, hub_batch *b)
     rbuf *rec;
     if (c) {
         if (!c->sse)
-            c->sse = sse_records(1, b);
+            c->sse = sse_records(1, b, NULL);
         rec = rbuf_ref(c->sse);
+    } else if (r->multi) {
+        buf others = BUF_INIT;
+        buf_puts(&others, "");
+        subset_positions(&r->subs, cs, &others);
+        rec = sse_records(r->reqid, b, others.data);
+        buf_free(&others);
     } else {
-        rec = sse_records(r->reqid, b);
+        rec = sse_records(r->reqid, b, NULL);
     }
     size_t queued = conn_push(&r->c, rec);
     rbuf_unref(rec);
@@ -381,25 +454,43 @@ static void on_deliver(hub_sub *s, hub_batch *b)
     }
     if (b->more || queued > SSE_QUEUE_MAX) {
         r->sse_paused = true;
-        hub_sub_pause(W.d.h, &r->sub);
+        if (queued > SSE_QUEUE_MAX) {
+            subset_pause(W.d.h, &r->subs);
+        } else {
+            cs->paused = true;
+            hub_sub_pause(W.d.h, &cs->sub);
+        }
     }
     req_flush(r);
     if (r->phase == P_ACTIVE && r->sse_paused && conn_queued(&r->c) < SSE_RESUME_MAX) {
         r->sse_paused = false;
-        hub_sub_resume(W.d.h, &r->sub);
+        subset_resume(W.d.h, &r->subs);
     }
 }
 
-static bool poll_answer_idle(req *r);
+static bool poll_answer_idle(req *r, bool partial);
+
+/* Whether every channel of r has had its start point fixed. */
+static bool all_started(const req *r)
+{
+    for (const csub *cs = r->subs.head; cs; cs = cs->next)
+        if (!cs->confirmed)
+            return false;
+    return true;
+}
 
 static void on_parked(hub_sub *s)
 {
-    req *r = (req *)((char *)s - offsetof(req, sub));
+    csub *cs = csub_of(s);
+    req *r = cs->owner;
+    cs->confirmed = true;
     if (r->kind == K_SSE && r->sse_head) {
-        sse_open(r);
-        req_flush(r);
+        if (all_started(r)) {
+            sse_open(r);
+            req_flush(r);
+        }
     } else if (r->no_wait && r->phase == P_ACTIVE) {
-        poll_answer_idle(r);
+        poll_answer_idle(r, false);
     }
 }
 
@@ -412,16 +503,32 @@ static const hub_sub_ops poll_ops = {.deliver = on_deliver, .parked = on_parked}
  * past messages it never got: return false and keep it. The answer is the
  * same for every request of the channel until the channel moves on, so the
  * last one is kept. */
-static bool poll_answer_idle(req *r)
+static bool poll_answer_idle(req *r, bool partial)
 {
+    if (r->multi) {
+        /* Every channel up to date, or (partial: the grace is over) some. */
+        size_t idle = 0;
+        for (csub *cs = r->subs.head; cs; cs = cs->next) {
+            const char *e;
+            uint64_t nw;
+            const rbuf *j;
+            idle += hub_sub_idle(&cs->sub, &e, &nw, &j);
+        }
+        if (idle == 0 || (idle < r->subs.n && !partial))
+            return false;
+        W.st.poll_timeouts++;
+        poll_answer_multi(r, NULL, NULL);
+        return true;
+    }
+    csub *cs = r->subs.head;
     const char *epoch;
     uint64_t newest;
     const rbuf *json;
-    if (!hub_sub_idle(&r->sub, &epoch, &newest, &json))
+    if (!hub_sub_idle(&cs->sub, &epoch, &newest, &json))
         return false;
     char name[PW_CHANNEL_MAX + 1];
-    snprintf(name, sizeof name, "%s", hub_sub_channel(&r->sub));
-    hub_unsubscribe(W.d.h, &r->sub);
+    snprintf(name, sizeof name, "%s", cs->name);
+    hub_unsubscribe(W.d.h, &cs->sub);
     rbuf *rec;
     if (r->reqid == 1 && W.tcache.records && W.tcache.newest == newest &&
         !strcmp(W.tcache.channel, name) && !strcmp(W.tcache.epoch, epoch)) {
@@ -448,14 +555,14 @@ static bool poll_answer_idle(req *r)
  * Retry-After: the client polls again from the same since. */
 static void poll_timeout(req *r)
 {
-    if (poll_answer_idle(r))
+    if (poll_answer_idle(r, r->late))
         return;
     if (!r->late) {
         r->late = r->no_wait = true;
         timer_start(W.d.l, &r->tmo, cfg.c.redis_timeout);
         return;
     }
-    hub_unsubscribe(W.d.h, &r->sub);
+    subset_detach(W.d.h, W.d.l, &r->subs);
     req_unavailable(r, "Redis is unreachable or too slow; retry later");
 }
 
@@ -489,7 +596,7 @@ static void tmo_cb(loop *l, timer *t)
  * still held, then events[0..len) (may be empty) and the end of the request. */
 static void sse_end(req *r, const char *events, size_t len)
 {
-    hub_unsubscribe(W.d.h, &r->sub);
+    subset_detach(W.d.h, W.d.l, &r->subs);
     sse_open(r);
     buf rec = BUF_INIT;
     if (len)
@@ -511,9 +618,13 @@ static void exp_cb(loop *l, timer *t)
     if (r->phase != P_ACTIVE || r->kind != K_SSE)
         return;
     buf ev = BUF_INIT;
-    buf_puts(&ev, "event: expired\ndata: ");
-    env_expired(&ev, hub_sub_channel(&r->sub));
-    buf_puts(&ev, "\n\n");
+    for (csub *cs = r->subs.head; cs; cs = cs->next) {
+        if (!cs->expires)
+            continue;
+        buf_puts(&ev, "event: expired\ndata: ");
+        env_expired(&ev, cs->name);
+        buf_puts(&ev, "\n\n");
+    }
     W.st.sse_expired++;
     sse_end(r, ev.data, ev.len);
     buf_free(&ev);
@@ -538,23 +649,56 @@ static int authorize_read(req *r, const api_http *http, const char *channel, tim
     return -1;
 }
 
+/* Subscribe every channel of p (the entries are in r->subs); the first
+ * delivery may answer a long-poll on the way. Answers 503 and returns -1
+ * when the hub refuses one (--max-channels). */
+static int subscribe_all(req *r, const api_poll *p)
+{
+    size_t i = 0;
+    for (csub *cs = r->subs.head, *next; cs; cs = next, i++) {
+        next = cs->next; /* read before: an answer frees the entries */
+        const api_chan *ch = &p->chans[i];
+        if (hub_subscribe(W.d.h, &cs->sub, cs->name, ch->has_since, ch->since, ch->epoch) < 0) {
+            subset_detach(W.d.h, W.d.l, &r->subs);
+            req_unavailable(r, "this worker follows too many channels (--max-channels); retry "
+                               "later");
+            return -1;
+        }
+        if (r->phase != P_ACTIVE)
+            return 0; /* answered (and maybe the next request begun): next is gone */
+    }
+    return 0;
+}
+
 static void handle_poll(req *r, const api_http *http)
 {
+    static api_chan chans[API_SUBS_MAX];
     api_poll p;
     api_error err;
-    if (api_parse_poll(http, &W.limits, &p, &err) < 0) {
+    if (api_parse_poll(http, &W.limits, &p, chans, cfg.max_subs, &err) < 0) {
         req_error(r, err.status, err.message, err.allow ? "Allow: GET\r\n" : NULL);
         return;
     }
-    time_t expires = 0;
-    if (authorize_read(r, http, p.channel, &expires) < 0)
-        return;
+    /* Every private channel needs the request's token; the stream ends
+     * with the earliest end of a token that opened one. */
+    time_t end = 0;
+    for (size_t i = 0; i < p.n; i++) {
+        time_t e = 0;
+        if (authorize_read(r, http, p.chans[i].channel, &e) < 0)
+            return;
+        if (e && (!end || e < end))
+            end = e;
+    }
     if (W.d.stopping) {
         req_unavailable(r, "server is shutting down");
         return;
     }
-    uint64_t left = expires ? auth_ms_until(expires) : 0; /* 0: no end */
-    hub_sub_init(&r->sub, &poll_ops, p.event_stream);
+    uint64_t left = end ? auth_ms_until(end) : 0; /* 0: no end */
+    r->multi = p.multi;
+    for (size_t i = 0; i < p.n; i++) {
+        csub *cs = subset_add(&r->subs, r, &poll_ops, p.event_stream, p.chans[i].channel);
+        cs->expires = auth_is_private(cfg.c.auth, cs->name) ? end : 0;
+    }
     if (p.event_stream) {
         /* The headers (and so the browser's onopen) wait until the hub has
          * fixed the stream's start point: a message the page publishes from
@@ -566,8 +710,7 @@ static void handle_poll(req *r, const api_http *http)
         timer_start(W.d.l, &r->tmo, cfg.c.redis_timeout);
         if (left)
             timer_start(W.d.l, &r->exp, left);
-        if (hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch) < 0)
-            req_unavailable(r, "this worker follows too many channels (--max-channels); retry later");
+        subscribe_all(r, &p);
         return;
     }
     r->kind = K_POLL;
@@ -582,8 +725,7 @@ static void handle_poll(req *r, const api_http *http)
     if (p.timeout && left && left < hold)
         hold = left;
     timer_start(W.d.l, &r->tmo, hold);
-    if (hub_subscribe(W.d.h, &r->sub, p.channel, p.has_since, p.since, p.epoch) < 0)
-        req_unavailable(r, "this worker follows too many channels (--max-channels); retry later");
+    subscribe_all(r, &p);
 }
 
 static void publish_done(void *arg, const broker_pub_result *res)
@@ -754,7 +896,6 @@ static void dispatch(req *r)
     r->keep_conn = fp->keep_conn;
     r->phase = P_ACTIVE;
     r->kind = K_NONE;
-    hub_sub_init(&r->sub, NULL, false);
     if (log_current_level >= LOG_DEBUG) {
         char q[1024];
         log_debug("%s %s?%s", http.method ? http.method : "-", http.path ? http.path : "-",
@@ -938,7 +1079,7 @@ static void grace_over(void)
     for (req *r = W.reqs, *next; r; r = next) {
         next = r->next;
         if (r->kind == K_POLL && r->phase == P_ACTIVE) {
-            hub_unsubscribe(W.d.h, &r->sub);
+            subset_detach(W.d.h, W.d.l, &r->subs);
             req_unavailable(r, "server is shutting down");
         }
     }
@@ -960,7 +1101,7 @@ static void on_stop(const char *why)
             /* Answer now what is up to date; the others are answered when
              * they are (on_parked), or with 503 when the grace is over. */
             r->no_wait = true;
-            poll_answer_idle(r);
+            poll_answer_idle(r, false);
         } else if (r->kind == K_SSE) {
             sse_end(r, NULL, 0);
         }
@@ -985,6 +1126,8 @@ static const opt_def worker_options[] = {
      "require Authorization: Bearer TOKEN on POST /chat (401/403)"},
     {"publish-requires-token", "PW_PUBLISH_REQUIRES_TOKEN", OPT_BOOL, &cfg.publish_requires_token,
      0, 0, NULL, "every publish needs the --publish-token or a token that grants the channel"},
+    {"max-subscriptions", "PW_MAX_SUBSCRIPTIONS", OPT_UINT, &cfg.max_subs, 1, API_SUBS_MAX, "N",
+     "channels one long-poll or EventSource stream may follow (channel=a,b,...)"},
     {"max-requests", "PW_MAX_REQUESTS", OPT_UINT, &cfg.max_requests, 1, 1000000, "N",
      "connections from nginx before accepts pause (mind the open-file limit)"},
 };
@@ -1067,7 +1210,7 @@ int main(int argc, char **argv)
      * detach subscribers from the hub, then close Redis (publishes in flight
      * get their 503 from the broker's callbacks), then close the rest. */
     for (req *r = W.reqs; r; r = r->next)
-        hub_unsubscribe(W.d.h, &r->sub);
+        subset_detach(W.d.h, W.d.l, &r->subs);
     hub_free(W.d.h);
     W.d.h = NULL;
     W.b = NULL;

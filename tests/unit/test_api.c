@@ -513,7 +513,8 @@ static int poll_parse(const preq *r, api_poll *out, api_error *err)
     in.accept = r->accept;
     in.last_event_id = r->lei;
     memset(err, 0x5a, sizeof *err);
-    return api_parse_poll(&in, &LIM, out, err);
+    static api_chan chans[8];
+    return api_parse_poll(&in, &LIM, out, chans, 8, err);
 }
 
 static api_poll poll_ok(const preq *r)
@@ -545,21 +546,21 @@ static void test_poll_defaults(void **state)
 {
     (void)state;
     api_poll p = poll_ok(&(preq){0});
-    assert_string_equal(p.channel, "default");
-    assert_false(p.has_since);
-    assert_int_equal(p.since, 0);
-    assert_string_equal(p.epoch, "");
+    assert_string_equal(p.chans[0].channel, "default");
+    assert_false(p.chans[0].has_since);
+    assert_int_equal(p.chans[0].since, 0);
+    assert_string_equal(p.chans[0].epoch, "");
     assert_int_equal(p.timeout, 30);
     assert_false(p.event_stream);
     p = poll_ok(&(preq){.query = ""});
-    assert_string_equal(p.channel, "default");
+    assert_string_equal(p.chans[0].channel, "default");
     assert_int_equal(p.timeout, 30);
     p = poll_ok(&(preq){.query = "channel=h"});
-    assert_string_equal(p.channel, "h");
+    assert_string_equal(p.chans[0].channel, "h");
     /* Unknown parameters are ignored. */
     p = poll_ok(&(preq){.query = "_=1700000000123&foo&bar=%zz&channel=c&x=/"});
-    assert_string_equal(p.channel, "c");
-    assert_false(p.has_since);
+    assert_string_equal(p.chans[0].channel, "c");
+    assert_false(p.chans[0].has_since);
 }
 
 static void test_poll_method(void **state)
@@ -574,7 +575,7 @@ static void test_poll_method(void **state)
     memset(&in, 0, sizeof in);
     api_poll p;
     api_error err;
-    assert_int_equal(api_parse_poll(&in, &LIM, &p, &err), -1);
+    assert_int_equal(api_parse_poll(&in, &LIM, &p, (api_chan[1]){0}, 1, &err), -1);
     assert_int_equal(err.status, 405);
     assert_string_equal(err.allow, "GET");
 }
@@ -583,19 +584,19 @@ static void test_poll_since(void **state)
 {
     (void)state;
     api_poll p = poll_ok(&(preq){.query = "since=0"});
-    assert_true(p.has_since);
-    assert_int_equal(p.since, 0);
+    assert_true(p.chans[0].has_since);
+    assert_int_equal(p.chans[0].since, 0);
     p = poll_ok(&(preq){.query = "since=123"});
-    assert_true(p.has_since);
-    assert_int_equal(p.since, 123);
+    assert_true(p.chans[0].has_since);
+    assert_int_equal(p.chans[0].since, 123);
     p = poll_ok(&(preq){.query = "since=999999999999999"});
-    assert_int_equal(p.since, 999999999999999ULL);
+    assert_int_equal(p.chans[0].since, 999999999999999ULL);
     p = poll_ok(&(preq){.query = "since=%31%32"});
-    assert_int_equal(p.since, 12);
+    assert_int_equal(p.chans[0].since, 12);
     p = poll_ok(&(preq){.query = "since=5&since=5"});
-    assert_int_equal(p.since, 5);
+    assert_int_equal(p.chans[0].since, 5);
     p = poll_ok(&(preq){.query = "since=5&since=005"});
-    assert_int_equal(p.since, 5);
+    assert_int_equal(p.chans[0].since, 5);
     poll_fail(&(preq){.query = "since=1000000000000000"}, 400);
     poll_fail(&(preq){.query = "since=-1"}, 400);
     poll_fail(&(preq){.query = "since=abc"}, 400);
@@ -648,17 +649,17 @@ static void test_poll_epoch_channel(void **state)
 {
     (void)state;
     api_poll p = poll_ok(&(preq){.query = "epoch=1700000000:ab-c_d.e"});
-    assert_string_equal(p.epoch, "1700000000:ab-c_d.e");
+    assert_string_equal(p.chans[0].epoch, "1700000000:ab-c_d.e");
     p = poll_ok(&(preq){.query = "epoch=E1&epoch=E1&channel=x&channel=x"});
-    assert_string_equal(p.epoch, "E1");
-    assert_string_equal(p.channel, "x");
+    assert_string_equal(p.chans[0].epoch, "E1");
+    assert_string_equal(p.chans[0].channel, "x");
     p = poll_ok(&(preq){.query = "epoch=a%3Ab"});
-    assert_string_equal(p.epoch, "a:b");
+    assert_string_equal(p.chans[0].epoch, "a:b");
     char q[300], name[70];
     memset(name, 'e', sizeof name);
     snprintf(q, sizeof q, "epoch=%.64s", name);
     p = poll_ok(&(preq){.query = q});
-    assert_int_equal(strlen(p.epoch), 64);
+    assert_int_equal(strlen(p.chans[0].epoch), 64);
     snprintf(q, sizeof q, "epoch=%.65s", name);
     poll_fail(&(preq){.query = q}, 400);
     poll_fail(&(preq){.query = "epoch=a!b"}, 400);
@@ -673,11 +674,80 @@ static void test_poll_epoch_channel(void **state)
     snprintf(q, sizeof q, "channel=%.65s", name);
     poll_fail(&(preq){.query = q}, 400);
     p = poll_ok(&(preq){.query = "channel=room.1&since=4&epoch=E&timeout=5"});
-    assert_string_equal(p.channel, "room.1");
-    assert_true(p.has_since);
-    assert_int_equal(p.since, 4);
-    assert_string_equal(p.epoch, "E");
+    assert_string_equal(p.chans[0].channel, "room.1");
+    assert_true(p.chans[0].has_since);
+    assert_int_equal(p.chans[0].since, 4);
+    assert_string_equal(p.chans[0].epoch, "E");
     assert_int_equal(p.timeout, 5);
+}
+
+static void test_poll_channel_lists(void **state)
+{
+    (void)state;
+    api_poll p = poll_ok(&(preq){.query = "channel=a,b.c,p:x"});
+    assert_int_equal(p.n, 3);
+    assert_true(p.multi);
+    assert_string_equal(p.chans[0].channel, "a");
+    assert_string_equal(p.chans[1].channel, "b.c");
+    assert_string_equal(p.chans[2].channel, "p:x");
+    for (size_t i = 0; i < 3; i++)
+        assert_false(p.chans[i].has_since);
+    p = poll_ok(&(preq){.query = "channel=a"});
+    assert_int_equal(p.n, 1);
+    assert_false(p.multi);
+    /* Positions: CHANNEL=[EPOCH:]ID, split at the first '=' and last ':'. */
+    p = poll_ok(&(preq){.query = "channel=a,p:x,c&since=p:x%3DE:1:7,a=3"});
+    assert_true(p.chans[0].has_since);
+    assert_int_equal(p.chans[0].since, 3);
+    assert_string_equal(p.chans[0].epoch, "");
+    assert_true(p.chans[1].has_since);
+    assert_int_equal(p.chans[1].since, 7);
+    assert_string_equal(p.chans[1].epoch, "E:1");
+    assert_false(p.chans[2].has_since);
+    p = poll_ok(&(preq){.query = "since=a=E:5&channel=a"}); /* one channel, list form */
+    assert_int_equal(p.chans[0].since, 5);
+    assert_string_equal(p.chans[0].epoch, "E");
+    static const char *const bad[] = {
+        "channel=a,a", "channel=a,", "channel=,a", "channel=a,,b", "channel=a,b/c",
+        "channel=a,b&since=3", "channel=a,b&epoch=E", "channel=a,b&since=c=1",
+        "channel=a,b&since=a=1,a=2", "channel=a,b&since=a=x", "channel=a,b&since=a=E:",
+        "channel=a,b&since=a=:4", "channel=a,b&since=a", "channel=a,b&since=a=1&epoch=E",
+        "channel=a,b,c,d,e,f,g,h,i", /* more than the 8 the test gives room for */
+        "since=3&channel=", "channel=a&channel=a,b",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        poll_fail(&(preq){.query = bad[i]}, 400);
+    p = poll_ok(&(preq){.query = "channel=a,b,c,d,e,f,g,h"});
+    assert_int_equal(p.n, 8);
+    /* Last-Event-ID carrying a position list, for several channels; bad
+     * items are skipped. */
+    const char *es = "text/event-stream";
+    p = poll_ok(&(preq){.query = "channel=a,b,c", .accept = es, .lei = "a=E:4,b=9,zz=1,c=bad"});
+    assert_int_equal(p.chans[0].since, 4);
+    assert_string_equal(p.chans[0].epoch, "E");
+    assert_int_equal(p.chans[1].since, 9);
+    assert_false(p.chans[2].has_since);
+    /* A query position wins over the header. */
+    p = poll_ok(&(preq){.query = "channel=a,b&since=b=1", .accept = es, .lei = "a=E:4"});
+    assert_false(p.chans[0].has_since);
+    assert_int_equal(p.chans[1].since, 1);
+}
+
+static void test_poll_empty_channel_allowed(void **state)
+{
+    (void)state;
+    api_http in = {.method = "GET", .path = "/status", .query = "channel="};
+    api_limits lim = LIM;
+    lim.allow_empty = true;
+    api_chan chans[4];
+    api_poll p;
+    api_error err;
+    assert_int_equal(api_parse_poll(&in, &lim, &p, chans, 4, &err), 0);
+    assert_int_equal(p.n, 0);
+    in.query = "";
+    assert_int_equal(api_parse_poll(&in, &lim, &p, chans, 4, &err), 0);
+    assert_int_equal(p.n, 1);
+    assert_string_equal(p.chans[0].channel, "default");
 }
 
 static void test_poll_event_stream(void **state)
@@ -705,36 +775,36 @@ static void test_poll_last_event_id(void **state)
     (void)state;
     const char *es = "text/event-stream";
     api_poll p = poll_ok(&(preq){.accept = es, .lei = "E1:42"});
-    assert_true(p.has_since);
-    assert_int_equal(p.since, 42);
-    assert_string_equal(p.epoch, "E1");
+    assert_true(p.chans[0].has_since);
+    assert_int_equal(p.chans[0].since, 42);
+    assert_string_equal(p.chans[0].epoch, "E1");
     /* The epoch may contain ':'; the id follows the last one. */
     p = poll_ok(&(preq){.accept = es, .lei = "1700000000:abc:7"});
-    assert_int_equal(p.since, 7);
-    assert_string_equal(p.epoch, "1700000000:abc");
+    assert_int_equal(p.chans[0].since, 7);
+    assert_string_equal(p.chans[0].epoch, "1700000000:abc");
     /* Not an event stream: ignored. */
     p = poll_ok(&(preq){.lei = "E1:42"});
-    assert_false(p.has_since);
-    assert_string_equal(p.epoch, "");
+    assert_false(p.chans[0].has_since);
+    assert_string_equal(p.chans[0].epoch, "");
     p = poll_ok(&(preq){.accept = "application/json", .lei = "E1:42"});
-    assert_false(p.has_since);
+    assert_false(p.chans[0].has_since);
     /* The query's since wins (and the header's epoch is not used then). */
     p = poll_ok(&(preq){.query = "since=5", .accept = es, .lei = "E1:42"});
-    assert_int_equal(p.since, 5);
-    assert_string_equal(p.epoch, "");
+    assert_int_equal(p.chans[0].since, 5);
+    assert_string_equal(p.chans[0].epoch, "");
     p = poll_ok(&(preq){.query = "since=5&epoch=Q", .accept = es, .lei = "E1:42"});
-    assert_int_equal(p.since, 5);
-    assert_string_equal(p.epoch, "Q");
+    assert_int_equal(p.chans[0].since, 5);
+    assert_string_equal(p.chans[0].epoch, "Q");
     /* The query's epoch wins over the header's. */
     p = poll_ok(&(preq){.query = "epoch=Q", .accept = es, .lei = "E1:42"});
-    assert_int_equal(p.since, 42);
-    assert_string_equal(p.epoch, "Q");
+    assert_int_equal(p.chans[0].since, 42);
+    assert_string_equal(p.chans[0].epoch, "Q");
     /* Malformed headers are ignored. */
     static const char *const bad[] = {"garbage", "E1:", "E1:x", "E1:-1", "E1:1000000000000000",
                                       "E1:4 2",  ""};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         p = poll_ok(&(preq){.accept = es, .lei = bad[i]});
-        if (p.has_since || p.epoch[0])
+        if (p.chans[0].has_since || p.chans[0].epoch[0])
             fail_msg("Last-Event-ID [%s] was used", bad[i]);
     }
 }
@@ -802,6 +872,8 @@ int main(void)
         cmocka_unit_test(test_poll_timeout),
         cmocka_unit_test(test_poll_timeout_repeated_above_cap),
         cmocka_unit_test(test_poll_epoch_channel),
+        cmocka_unit_test(test_poll_channel_lists),
+        cmocka_unit_test(test_poll_empty_channel_allowed),
         cmocka_unit_test(test_poll_event_stream),
         cmocka_unit_test(test_poll_last_event_id),
         cmocka_unit_test(test_publish_auth),

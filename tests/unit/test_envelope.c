@@ -241,18 +241,18 @@ static void test_status_no_messages(void **state)
     buf b = BUF_INIT;
     env_status(&b, "default", "E1", NULL, 0, false, false, 0, NULL);
     expect_buf(&b, "{\"channel\":\"default\",\"epoch\":\"E1\",\"id\":0,\"content\":\"\","
-                   "\"messages\":[]}\n");
+                   "\"messages\":[]}");
     expect_json_object(&b);
     buf_reset(&b);
     rbuf *newest = rbuf_new("\"last one\"", 10);
     env_status(&b, "c", "ep-2", NULL, 0, false, false, 41, newest);
     expect_buf(&b, "{\"channel\":\"c\",\"epoch\":\"ep-2\",\"id\":41,\"content\":\"last one\","
-                   "\"messages\":[]}\n");
+                   "\"messages\":[]}");
     expect_json_object(&b);
     buf_reset(&b);
     env_status(&b, "c", "E", NULL, 0, true, false, 41, newest);
     expect_buf(&b, "{\"channel\":\"c\",\"epoch\":\"E\",\"id\":41,\"content\":\"last one\","
-                   "\"messages\":[],\"reset\":true}\n");
+                   "\"messages\":[],\"reset\":true}");
     rbuf_unref(newest);
     buf_free(&b);
 }
@@ -269,7 +269,7 @@ static void test_status_one_message(void **state)
     expect_buf(&b,
                "{\"channel\":\"room:1\",\"epoch\":\"E1\",\"id\":5,\"content\":\"hi \\\"you\\\"\","
                "\"messages\":[{\"id\":5,\"content\":\"hi \\\"you\\\"\","
-               "\"time\":1700000000123}]}\n");
+               "\"time\":1700000000123}]}");
     expect_json_object(&b);
     rbuf_unref(other);
     buf_free(&b);
@@ -291,7 +291,7 @@ static void test_status_three_messages_flags(void **state)
 
     env_status(&b, "c", "E", msgs, 3, false, false, 0, NULL);
     snprintf(want, sizeof want,
-             "{\"channel\":\"c\",\"epoch\":\"E\",\"id\":9,\"content\":\"\",%s}\n", list);
+             "{\"channel\":\"c\",\"epoch\":\"E\",\"id\":9,\"content\":\"\",%s}", list);
     expect_buf(&b, want);
     expect_json_object(&b);
 
@@ -299,7 +299,7 @@ static void test_status_three_messages_flags(void **state)
     env_status(&b, "c", "E", msgs, 3, true, true, 0, NULL);
     snprintf(want, sizeof want,
              "{\"channel\":\"c\",\"epoch\":\"E\",\"id\":9,\"content\":\"\",%s,"
-             "\"reset\":true,\"more\":true}\n",
+             "\"reset\":true,\"more\":true}",
              list);
     expect_buf(&b, want);
     expect_json_object(&b);
@@ -308,14 +308,14 @@ static void test_status_three_messages_flags(void **state)
     env_status(&b, "c", "E", msgs, 2, false, true, 0, NULL);
     expect_buf(&b, "{\"channel\":\"c\",\"epoch\":\"E\",\"id\":8,\"content\":\"b\\nc\","
                    "\"messages\":[{\"id\":7,\"content\":\"a\",\"time\":1000},"
-                   "{\"id\":8,\"content\":\"b\\nc\",\"time\":2000}],\"more\":true}\n");
+                   "{\"id\":8,\"content\":\"b\\nc\",\"time\":2000}],\"more\":true}");
 
     /* Large ids are written in full. */
     buf_reset(&b);
     m1->id = 999999999999999ULL;
     env_status(&b, "c", "E", msgs, 1, false, false, 0, NULL);
     expect_buf(&b, "{\"channel\":\"c\",\"epoch\":\"E\",\"id\":999999999999999,\"content\":\"a\","
-                   "\"messages\":[{\"id\":999999999999999,\"content\":\"a\",\"time\":1000}]}\n");
+                   "\"messages\":[{\"id\":999999999999999,\"content\":\"a\",\"time\":1000}]}");
     buf_free(&b);
     free_msg(m1);
     free_msg(m2);
