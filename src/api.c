@@ -25,6 +25,8 @@ enum api_route api_route(const char *path)
         return ROUTE_STATUS;
     if (strcmp(path, "/healthz") == 0)
         return ROUTE_HEALTHZ;
+    if (strcmp(path, "/channels") == 0 || strncmp(path, "/channels/", 10) == 0)
+        return ROUTE_CHANNELS;
     return ROUTE_NOT_FOUND;
 }
 

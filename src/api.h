@@ -15,7 +15,8 @@
 
 #define PW_IDEM_KEY_MAX 128
 
-enum api_route { ROUTE_CHAT, ROUTE_STATUS, ROUTE_HEALTHZ, ROUTE_NOT_FOUND };
+/* ROUTE_CHANNELS: "/channels" (the list) and "/channels/NAME" (one). */
+enum api_route { ROUTE_CHAT, ROUTE_STATUS, ROUTE_HEALTHZ, ROUTE_CHANNELS, ROUTE_NOT_FOUND };
 
 /* The parts of an HTTP request the API looks at. Missing ones are NULL. */
 typedef struct api_http {

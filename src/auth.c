@@ -455,14 +455,23 @@ int auth_check_publish(const auth *a, const char *channel, const char *shared, b
         return 0;
     if (!found)
         return fail(err, 401, "publishing here requires Authorization: Bearer <token>");
-    return fail(err, 403, have_shared ? "wrong publish token" : "invalid token");
+    return have_shared ? fail(err, 403, "wrong publish token")
+                       : fail(err, 401, "invalid token: not a JWT");
+}
+
+time_t auth_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ts.tv_sec;
 }
 
 unsigned long long auth_ms_until(time_t when)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    long long ms = ((long long)when - ts.tv_sec) * 1000 - ts.tv_nsec / 1000000;
+    /* Rounded up, and 1 ms more: the timer fires inside the second when. */
+    long long ms = ((long long)when - ts.tv_sec) * 1000 - ts.tv_nsec / 1000000 + 1;
     return ms > 0 ? (unsigned long long)ms : 1;
 }
 

@@ -95,6 +95,11 @@ int auth_check_publish(const auth *a, const char *channel, const char *shared, b
                        const char *authorization, const char *query, const char *cookie,
                        time_t now, auth_error *err);
 
+/* The time tokens are checked against: the real-time clock's second
+ * (time() may lag it by a tick, and a connection closed at a token's end
+ * must not be reopened with it a moment later). */
+time_t auth_now(void);
+
 /* Milliseconds from now (the real-time clock) until the second when
  * begins, at least 1: how long a connection opened by a token that ends at
  * when may stay open. */

@@ -513,6 +513,155 @@ static const char *lossless_flag(const broker *b)
     return b->aof_on && b->fsync_always && b->master && b->replid2_zero ? "1" : "0";
 }
 
+/* ---- presence -------------------------------------------------------------------- */
+
+#define PRESENCE_BATCH 256 /* fields per HSET / HDEL */
+
+static void presence_key(const broker *b, char *out, size_t cap)
+{
+    snprintf(out, cap, "%spresence:%s:%s", b->prefix, b->cfg.proc_kind, b->cfg.proc_id);
+}
+
+/* Send one command of argc words (the first two fixed, the rest names and
+ * counts); returns -1 when the connection refused it. */
+static int presence_send(broker *b, int argc, const char **argv, size_t *lens)
+{
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    return op_send(b, argc, argv, lens, ignore_reply, NULL, NULL, NULL);
+}
+
+int broker_presence(broker *b, bool full, const char *const *names, const uint64_t *counts,
+                    size_t n)
+{
+    if (!rc_is_ready(&b->cmdc))
+        return -1;
+    char key[256];
+    presence_key(b, key, sizeof key);
+    const char *argv[2 + 2 * PRESENCE_BATCH];
+    size_t lens[2 + 2 * PRESENCE_BATCH];
+    char nums[PRESENCE_BATCH][24];
+    if (full) {
+        argv[0] = "DEL", argv[1] = key;
+        if (presence_send(b, 2, argv, lens) < 0)
+            return -1;
+    }
+    /* Set fields, then delete zeroed ones, in batches. */
+    for (int pass = 0; pass < 2; pass++) {
+        int argc = 2;
+        argv[0] = pass == 0 ? "HSET" : "HDEL", argv[1] = key;
+        for (size_t i = 0; i <= n; i++) {
+            bool flush = i == n || argc + 2 > 2 + 2 * PRESENCE_BATCH;
+            if (flush && argc > 2) {
+                if (presence_send(b, argc, argv, lens) < 0)
+                    return -1;
+                argc = 2;
+            }
+            if (i == n)
+                break;
+            if ((counts[i] == 0) != (pass == 1))
+                continue;
+            argv[argc++] = names[i];
+            if (pass == 0) {
+                snprintf(nums[(argc - 2) / 2], sizeof nums[0], "%llu",
+                         (unsigned long long)counts[i]);
+                argv[argc] = nums[(argc - 2) / 2];
+                argc++;
+            }
+        }
+    }
+    /* The hash lives as long as the heartbeat says the process does. */
+    char valid[24];
+    snprintf(valid, sizeof valid, "%u", 3 * b->cfg.heartbeat_ms + b->cfg.timeout_ms);
+    argv[0] = "PEXPIRE", argv[1] = key, argv[2] = valid;
+    return presence_send(b, 3, argv, lens);
+}
+
+static void info_reply(broker *b, op *o, redisReply *r)
+{
+    (void)b;
+    broker_info_result res = {0};
+    long long v[4];
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 5 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len > PW_EPOCH_MAX) {
+        res.err = r ? BROKER_EREDIS : BROKER_EUNAVAIL;
+    } else {
+        for (int i = 0; i < 4; i++)
+            if (!reply_int(r->element[1 + i], &v[i]) || v[i] < 0)
+                res.err = BROKER_EREDIS;
+        if (!res.err) {
+            memcpy(res.epoch, r->element[0]->str, r->element[0]->len);
+            res.epoch[r->element[0]->len] = '\0';
+            res.newest = (uint64_t)v[0];
+            res.retained = (uint64_t)v[1];
+            res.subscribers = (uint64_t)v[2];
+            res.processes = (uint64_t)v[3];
+        }
+    }
+    if (res.err && r)
+        log_warn("channel info: unexpected reply from Redis");
+    ((broker_info_cb *)o->user_cb)(o->user_arg, &res);
+}
+
+int broker_channel_info(broker *b, const char *channel, broker_info_cb *cb, void *arg)
+{
+    if (!rc_is_ready(&b->cmdc))
+        return -1;
+    char k_meta[160], k_hist[160], k_srv[80], k_procs[96], pres[128], gen[17], ep[9];
+    const char *p = b->prefix;
+    snprintf(k_srv, sizeof k_srv, "%sserver", p);
+    snprintf(k_meta, sizeof k_meta, "%sch:%s", p, channel);
+    snprintf(k_hist, sizeof k_hist, "%sh:%s", p, channel);
+    snprintf(k_procs, sizeof k_procs, "%sprocs", p);
+    snprintf(pres, sizeof pres, "%spresence:", p);
+    rand_hex(gen, 4);
+    rand_hex(ep, 4);
+    const char *argv[13] = {"EVAL", lua_info, "4", k_srv, k_meta, k_hist, k_procs,
+                            b->run_id, lossless_flag(b), gen, ep, pres, channel};
+    size_t lens[13];
+    for (int i = 0; i < 13; i++)
+        lens[i] = strlen(argv[i]);
+    return op_send(b, 13, argv, lens, info_reply, (void *)cb, arg, NULL);
+}
+
+static void list_reply(broker *b, op *o, redisReply *r)
+{
+    (void)b;
+    broker_list_result res = {0};
+    long long procs;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 1 ||
+        !reply_int(r->element[0], &procs)) {
+        res.err = r ? BROKER_EREDIS : BROKER_EUNAVAIL;
+    } else {
+        res.processes = (uint64_t)(procs > 0 ? procs : 0);
+        res.n = r->elements / 2;
+        res.channels = res.n ? xcalloc(res.n, sizeof *res.channels) : NULL;
+        for (size_t i = 0; i < res.n; i++) {
+            redisReply *name = r->element[1 + 2 * i];
+            long long c = 0;
+            reply_int(r->element[2 + 2 * i], &c);
+            res.channels[i].name = name->type == REDIS_REPLY_STRING ? name->str : "";
+            res.channels[i].subscribers = (uint64_t)(c > 0 ? c : 0);
+        }
+    }
+    ((broker_list_cb *)o->user_cb)(o->user_arg, &res);
+    free(res.channels);
+}
+
+int broker_channel_list(broker *b, broker_list_cb *cb, void *arg)
+{
+    if (!rc_is_ready(&b->cmdc))
+        return -1;
+    char k_procs[96], pres[128];
+    snprintf(k_procs, sizeof k_procs, "%sprocs", b->prefix);
+    snprintf(pres, sizeof pres, "%spresence:", b->prefix);
+    const char *argv[5] = {"EVAL", lua_channels, "1", k_procs, pres};
+    size_t lens[5];
+    for (int i = 0; i < 5; i++)
+        lens[i] = strlen(argv[i]);
+    return op_send(b, 5, argv, lens, list_reply, (void *)cb, arg, NULL);
+}
+
 static void publish_reply(broker *b, op *o, redisReply *r)
 {
     if (is_noscript(r) && retry_with_eval(b, o))

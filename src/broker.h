@@ -132,6 +132,42 @@ typedef void broker_procs_cb(void *arg, const broker_procs_result *r);
  * rules as broker_publish. */
 int broker_procs(broker *b, broker_procs_cb *cb, void *arg);
 
+/* Presence: each process keeps its subscriber count per channel in the hash
+ * PREFIXpresence:KIND:ID, which expires with its heartbeat (a process that
+ * dies leaves the counts within 3 heartbeats plus the Redis timeout).
+ * Write counts[i] subscribers for names[i] (0 removes the field); full:
+ * replace the whole hash (after a reconnect). Returns 0, or -1 when not
+ * connected (nothing sent). */
+int broker_presence(broker *b, bool full, const char *const *names, const uint64_t *counts,
+                    size_t n);
+
+typedef struct broker_info_result {
+    int err;
+    char epoch[PW_EPOCH_MAX + 1]; /* "" when nobody used the channel yet */
+    uint64_t newest, retained, subscribers, processes;
+} broker_info_result;
+typedef void broker_info_cb(void *arg, const broker_info_result *r);
+
+/* A channel's newest id, epoch, retained count and subscribers summed over
+ * every live process. Same return and callback rules as broker_publish. */
+int broker_channel_info(broker *b, const char *channel, broker_info_cb *cb, void *arg);
+
+typedef struct broker_channel_count {
+    const char *name; /* valid during the callback */
+    uint64_t subscribers;
+} broker_channel_count;
+
+typedef struct broker_list_result {
+    int err;
+    uint64_t processes;
+    broker_channel_count *channels; /* sorted by name; only those with subscribers */
+    size_t n;
+} broker_list_result;
+typedef void broker_list_cb(void *arg, const broker_list_result *r);
+
+/* Every channel with subscribers in a live process. Same rules. */
+int broker_channel_list(broker *b, broker_list_cb *cb, void *arg);
+
 /* Remove this process from the heartbeat set (graceful stop) and stop
  * heartbeating. done(arg) runs once Redis answered (or the connection
  * failed). Returns -1 when not connected (done never runs). */

@@ -135,6 +135,10 @@ void daemon_metrics(buf *o, hub *h)
     broker *b = hub_broker(h);
     const broker_stats *bs = broker_get_stats(b);
     metric_put(o, "pushwire_channels", "gauge", "Channels this process follows.", hs.channels);
+    metric_put(o, "pushwire_subscribers", "gauge",
+               "Subscriptions held now (one per channel per connection; GET /channels sums "
+               "them over every process).",
+               hs.subs);
     metric_put(o, "pushwire_messages_received_total", "counter", "Messages received from pub/sub.",
                hs.live_messages);
     metric_put(o, "pushwire_messages_delivered_total", "counter",
@@ -283,6 +287,7 @@ int daemon_start(daemon_rt *d, daemon_common *c, const redis_url *url, int sigfd
         .linger_ms = 60000,
         .max_channels = c->max_channels,
         .max_reads = c->max_reads,
+        .presence_ms = c->heartbeat_ms,
     };
     d->h = hub_new(d->l, &hc);
     hub_start(d->h);

@@ -60,6 +60,7 @@ struct hub_channel {
     size_t pending_n;
     timer linger;
     timer retry;
+    uint64_t reported; /* the subscriber count Redis has for us (presence) */
 };
 
 struct hub {
@@ -72,6 +73,9 @@ struct hub {
     unsigned depth; /* nesting of entry points; invariants hold at 0 */
     hub_channel *idle_head, *idle_tail; /* channels without subscribers, oldest first */
     hub_sub *queue_head, *queue_tail;   /* subscribers waiting for a read slot */
+    timer presence;
+    bool presence_full; /* Redis may have lost our counts: write them all */
+    buf gone;           /* NUL-separated channels freed while Redis counted them */
 };
 
 /* Every entry point (public call, broker hook, timer) is bracketed so that
@@ -223,6 +227,8 @@ static void ch_free(hub_channel *ch)
     idle_del(h, ch);
     ring_clear(ch);
     pending_clear(ch);
+    if (ch->reported)
+        buf_append(&h->gone, ch->name, strlen(ch->name) + 1);
     h->stats.channels--;
     free(ch);
 }
@@ -813,9 +819,60 @@ static void sub_process(hub *h, hub_sub *s)
 
 static void message_in(hub *h, const char *name, const char *payload, size_t len);
 
+/* Write the subscriber counts that changed since the last time (all of
+ * them when Redis may have lost ours), and the channels freed since. */
+static void presence_cb(loop *l, timer *t)
+{
+    hub *h = (hub *)((char *)t - offsetof(hub, presence));
+    timer_start(l, t, h->cfg.presence_ms);
+    if (!broker_cmd_ready(h->b))
+        return;
+    size_t cap = h->stats.channels + 16, n = 0;
+    const char **names = xcalloc(cap, sizeof *names);
+    uint64_t *counts = xcalloc(cap, sizeof *counts);
+    bool full = h->presence_full;
+    for (size_t i = 0; i < h->buckets; i++)
+        for (hub_channel *c = h->table[i]; c; c = c->hnext) {
+            if (!full && c->nsubs == c->reported)
+                continue;
+            if (full && c->nsubs == 0)
+                continue;
+            if (n == cap) {
+                cap *= 2;
+                names = xrealloc(names, cap * sizeof *names);
+                counts = xrealloc(counts, cap * sizeof *counts);
+            }
+            names[n] = c->name;
+            counts[n++] = c->nsubs;
+        }
+    size_t ngone = 0;
+    for (size_t off = 0; !full && off < h->gone.len; off += strlen(h->gone.data + off) + 1)
+        ngone++;
+    if (ngone) {
+        names = xrealloc(names, (n + ngone) * sizeof *names);
+        counts = xrealloc(counts, (n + ngone) * sizeof *counts);
+        for (size_t off = 0; off < h->gone.len; off += strlen(h->gone.data + off) + 1) {
+            names[n] = h->gone.data + off;
+            counts[n++] = 0;
+        }
+    }
+    if (broker_presence(h->b, full, names, counts, n) == 0) {
+        h->presence_full = false;
+        buf_reset(&h->gone);
+        for (size_t i = 0; i < h->buckets; i++)
+            for (hub_channel *c = h->table[i]; c; c = c->hnext)
+                c->reported = c->nsubs;
+    } else {
+        h->presence_full = true;
+    }
+    free(names);
+    free(counts);
+}
+
 static void on_cmd_up(void *ctx)
 {
     hub *h = ctx;
+    h->presence_full = true;
     HUB_ENTER(h);
     for (size_t i = 0; i < h->buckets; i++)
         for (hub_channel *c = h->table[i]; c; c = c->hnext) {
@@ -928,10 +985,16 @@ hub *hub_new(loop *l, const hub_config *cfg)
                           .subscribed = on_subscribed,
                           .message = on_message};
     h->b = broker_new(l, &cfg->broker, &hooks);
+    h->presence.cb = presence_cb;
     return h;
 }
 
-void hub_start(hub *h) { broker_start(h->b); }
+void hub_start(hub *h)
+{
+    broker_start(h->b);
+    if (h->cfg.presence_ms)
+        timer_start(h->l, &h->presence, h->cfg.presence_ms);
+}
 
 void hub_free(hub *h)
 {
@@ -940,9 +1003,11 @@ void hub_free(hub *h)
     /* Reads in flight get their callbacks (with errors) while the broker
      * closes; their channels must still exist then. */
     broker_free(h->b);
+    timer_stop(h->l, &h->presence);
     for (size_t i = 0; i < h->buckets; i++)
         while (h->table[i])
             ch_free(h->table[i]);
+    buf_free(&h->gone);
     free(h->table);
     free(h);
 }

@@ -136,6 +136,10 @@ typedef struct hub_config {
      * our memory). */
     size_t max_channels;
     size_t max_reads;
+    /* Every presence_ms (0: never) the subscriber counts that changed go
+     * to Redis (broker_presence), for GET /channels; after a reconnect of
+     * the command connection all of them. */
+    unsigned presence_ms;
 } hub_config;
 
 typedef struct hub_stats {

@@ -10,5 +10,7 @@ extern const char lua_publish[];   /* lib.lua + publish.lua */
 extern const char lua_read[];      /* lib.lua + read.lua */
 extern const char lua_heartbeat[]; /* heartbeat.lua */
 extern const char lua_procs[];     /* procs.lua */
+extern const char lua_info[];      /* lib.lua + info.lua */
+extern const char lua_channels[];  /* channels.lua */
 
 #endif

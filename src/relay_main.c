@@ -520,7 +520,7 @@ static int authorize(client *c, const char *channel, const char *tok, time_t *ex
     if (!tok)
         tok = c->token;
     auth_error e;
-    if (auth_check_subscribe(cfg.c.auth, channel, tok, tok ? strlen(tok) : 0, time(NULL), expires,
+    if (auth_check_subscribe(cfg.c.auth, channel, tok, tok ? strlen(tok) : 0, auth_now(), expires,
                              &e) == 0)
         return 0;
     R.st.auth_refused++;
@@ -615,7 +615,7 @@ static void control_refresh(client *c, json_t *msg)
             continue;
         any_private = true;
         time_t expires;
-        if (auth_check_subscribe(cfg.c.auth, cs->name, tok, strlen(tok), time(NULL), &expires,
+        if (auth_check_subscribe(cfg.c.auth, cs->name, tok, strlen(tok), auth_now(), &expires,
                                  &e) < 0)
             continue;
         cs->expires = expires;
@@ -813,7 +813,7 @@ static void upgrade(client *c, const ws_request *req)
     time_t ends[API_SUBS_MAX];
     for (size_t i = 0; i < p.n; i++) {
         auth_error ae;
-        if (auth_check_subscribe(cfg.c.auth, p.chans[i].channel, tok, tl, time(NULL), &ends[i],
+        if (auth_check_subscribe(cfg.c.auth, p.chans[i].channel, tok, tl, auth_now(), &ends[i],
                                  &ae) < 0) {
             R.st.auth_refused++;
             log_debug("refused WebSocket to %s: %d %s", p.chans[i].channel, ae.status,
@@ -1043,6 +1043,15 @@ static void render_metrics(buf *o, void *ctx)
                R.nhandshakes);
     metric_put(o, "pushwire_ws_handshakes_evicted_total", "counter",
                "Pending handshakes dropped at --max-handshakes.", R.st.handshakes_evicted);
+    metric_put(o, "pushwire_auth_refused_total", "counter",
+               "Subscriptions and refreshes refused for their token (401/403).",
+               R.st.auth_refused);
+    metric_put(o, "pushwire_token_expired_total", "counter",
+               "Subscriptions ended by their token's expiry.", R.st.token_expired);
+    metric_put(o, "pushwire_token_refreshes_total", "counter", "Refresh messages accepted.",
+               R.st.refreshes);
+    metric_put(o, "pushwire_control_messages_total", "counter",
+               "Control messages (JSON objects) from clients.", R.st.control_messages);
     daemon_metrics(o, R.d.h);
 }
 

@@ -61,7 +61,8 @@ typedef struct req {
     bool no_wait;      /* answer as soon as the poll is up to date (timeout=0, stopping, late) */
     bool late;         /* past its timeout, waiting for the hub to confirm it is up to date */
     bool sse_head;     /* EventSource headers not sent yet (start point not fixed) */
-    char *pub_channel; /* publish: for the answer */
+    char *pub_channel; /* publish, channel info: for the answer */
+    struct list_access *list; /* GET /channels: who asks */
 } req;
 
 static struct config {
@@ -120,6 +121,7 @@ static void req_free(conn *c)
     req *r = req_of(c);
     subset_clear(NULL, W.d.l, &r->subs);
     free(r->pub_channel);
+    free(r->list);
     fcgi_parser_free(&r->fp);
     free(r);
 }
@@ -181,6 +183,8 @@ static void req_done(req *r)
     subset_clear(W.d.h, W.d.l, &r->subs);
     free(r->pub_channel);
     r->pub_channel = NULL;
+    free(r->list);
+    r->list = NULL;
     r->kind = K_NONE;
     r->phase = P_IDLE;
     r->no_wait = r->late = r->sse_paused = r->sse_head = false;
@@ -642,7 +646,7 @@ static int authorize_read(req *r, const api_http *http, const char *channel, tim
     size_t len = 0;
     auth_find_token(http->authorization, http->query, http->cookie, &tok, &len);
     auth_error e;
-    if (auth_check_subscribe(cfg.c.auth, channel, tok, len, time(NULL), expires, &e) == 0)
+    if (auth_check_subscribe(cfg.c.auth, channel, tok, len, auth_now(), expires, &e) == 0)
         return 0;
     W.st.auth_refused++;
     req_error(r, e.status, e.message, e.status == 401 ? WWW_AUTHENTICATE : NULL);
@@ -787,7 +791,7 @@ static void handle_publish(req *r, const api_http *http, bool too_large)
     }
     auth_error ae;
     if (auth_check_publish(cfg.c.auth, p.channel, cfg.publish_token, cfg.publish_requires_token,
-                           http->authorization, http->query, http->cookie, time(NULL), &ae) < 0) {
+                           http->authorization, http->query, http->cookie, auth_now(), &ae) < 0) {
         api_publish_free(&p);
         W.st.auth_refused++;
         req_error(r, ae.status, ae.message, ae.status == 401 ? WWW_AUTHENTICATE : NULL);
@@ -868,6 +872,149 @@ static void handle_health(req *r)
     conn_hold(&r->c); /* health_done releases it */
 }
 
+/* ---- channel info (GET /channels/NAME, GET /channels) ------------------------------ */
+
+/* How fresh the subscriber counts are: each process writes its own every
+ * heartbeat; a process that died stops counting once its heartbeat has
+ * expired. */
+static unsigned presence_age_ms(void) { return cfg.c.heartbeat_ms; }
+
+static void info_done(void *arg, const broker_info_result *res)
+{
+    req *r = arg;
+    if (!conn_is_closed(&r->c)) {
+        if (res->err) {
+            req_unavailable(r, "Redis is unreachable; retry later");
+        } else {
+            buf body = BUF_INIT;
+            buf_puts(&body, "{\"channel\":");
+            env_json_string(&body, r->pub_channel, strlen(r->pub_channel));
+            buf_puts(&body, ",\"epoch\":");
+            env_json_string(&body, res->epoch, strlen(res->epoch));
+            buf_printf(&body,
+                       ",\"id\":%llu,\"retained\":%llu,\"subscribers\":%llu,"
+                       "\"processes\":%llu,\"fresh_ms\":%u}\n",
+                       (unsigned long long)res->newest, (unsigned long long)res->retained,
+                       (unsigned long long)res->subscribers, (unsigned long long)res->processes,
+                       presence_age_ms());
+            req_json(r, 200, &body, NULL);
+            buf_free(&body);
+        }
+    }
+    conn_release(&r->c);
+}
+
+/* The list is the publish side's: with a --publish-token (or
+ * --publish-requires-token) only a request bearing that token or a token
+ * that may publish sees it; a private channel is listed only to the shared
+ * token or to a token that may publish to it. */
+typedef struct list_access {
+    bool all;          /* the shared publish token */
+    auth_token *token; /* a verified token, or NULL */
+} list_access;
+
+static void list_done(void *arg, const broker_list_result *res)
+{
+    req *r = arg;
+    list_access *acc = r->list;
+    if (!conn_is_closed(&r->c)) {
+        if (res->err) {
+            auth_token_free(acc->token);
+            acc->token = NULL;
+            req_unavailable(r, "Redis is unreachable; retry later");
+        } else {
+            buf body = BUF_INIT;
+            buf_puts(&body, "{\"channels\":[");
+            size_t k = 0;
+            for (size_t i = 0; i < res->n; i++) {
+                const char *name = res->channels[i].name;
+                bool private = auth_is_private(cfg.c.auth, name);
+                if (!acc->all && private &&
+                    !(acc->token && auth_token_allows(acc->token, AUTH_PUBLISH, name)))
+                    continue;
+                buf_puts(&body, k++ ? ",{\"channel\":" : "{\"channel\":");
+                env_json_string(&body, name, strlen(name));
+                buf_printf(&body, ",\"subscribers\":%llu}",
+                           (unsigned long long)res->channels[i].subscribers);
+            }
+            buf_printf(&body, "],\"processes\":%llu,\"fresh_ms\":%u}\n",
+                       (unsigned long long)res->processes, presence_age_ms());
+            auth_token_free(acc->token); /* answering may free acc */
+            acc->token = NULL;
+            req_json(r, 200, &body, NULL);
+            buf_free(&body);
+        }
+    }
+    if (r->list) {
+        auth_token_free(r->list->token);
+        r->list->token = NULL;
+    }
+    conn_release(&r->c);
+}
+
+static void handle_channels(req *r, const api_http *http)
+{
+    if (!http->method || strcmp(http->method, "GET") != 0) {
+        req_error(r, 405, "method not allowed: use GET", "Allow: GET\r\n");
+        return;
+    }
+    const char *path = http->path;
+    r->kind = K_HEALTH; /* a one-shot Redis call, like /healthz */
+    if (strcmp(path, "/channels") != 0) {
+        const char *name = path + 10;
+        if (!api_channel_valid(name, strlen(name))) {
+            req_error(r, 400, "invalid channel: use 1-64 characters of A-Z a-z 0-9 _ . : -",
+                      NULL);
+            return;
+        }
+        time_t end;
+        if (authorize_read(r, http, name, &end) < 0)
+            return;
+        r->pub_channel = xstrndup(name, strlen(name));
+        if (broker_channel_info(W.b, name, info_done, r) < 0) {
+            req_unavailable(r, "Redis is unreachable; retry later");
+            return;
+        }
+        conn_hold(&r->c); /* info_done releases it */
+        return;
+    }
+    list_access acc = {0};
+    const char *tok;
+    size_t tl;
+    bool found = auth_find_token(http->authorization, http->query, http->cookie, &tok, &tl);
+    if (found && cfg.publish_token[0]) {
+        api_error e;
+        acc.all = api_check_publish_auth(http->authorization, cfg.publish_token, &e) == 0;
+    }
+    if (found && !acc.all) {
+        auth_error e;
+        acc.token = auth_token_verify(cfg.c.auth, tok, tl, auth_now(), &e);
+        if (!acc.token) {
+            W.st.auth_refused++;
+            req_error(r, cfg.publish_token[0] && !auth_has_keys(cfg.c.auth) ? 403 : e.status,
+                      cfg.publish_token[0] && !auth_has_keys(cfg.c.auth) ? "wrong publish token"
+                                                                        : e.message,
+                      NULL);
+            return;
+        }
+    }
+    if ((cfg.publish_token[0] || cfg.publish_requires_token) && !acc.all && !acc.token) {
+        W.st.auth_refused++;
+        req_error(r, 401, "listing channels requires the publish token", WWW_AUTHENTICATE);
+        return;
+    }
+    list_access *keep = xcalloc(1, sizeof *keep);
+    *keep = acc;
+    r->list = keep; /* freed with the request */
+    if (broker_channel_list(W.b, list_done, r) < 0) {
+        auth_token_free(keep->token);
+        keep->token = NULL;
+        req_unavailable(r, "Redis is unreachable; retry later");
+        return;
+    }
+    conn_hold(&r->c); /* list_done releases it */
+}
+
 /* ---- connections from nginx ----------------------------------------------------- */
 
 /* A complete request arrived on r: answer it or hold it. */
@@ -910,6 +1057,9 @@ static void dispatch(req *r)
         break;
     case ROUTE_HEALTHZ:
         handle_health(r);
+        break;
+    case ROUTE_CHANNELS:
+        handle_channels(r, &http);
         break;
     default:
         req_error(r, 404, "not found", NULL);
@@ -1068,6 +1218,12 @@ static void render_metrics(buf *o, void *ctx)
                W.st.publishes_failed);
     metric_put(o, "pushwire_slow_consumer_disconnects_total", "counter",
                "EventSource clients cut off for not reading.", W.st.sse_cutoffs);
+    metric_put(o, "pushwire_auth_refused_total", "counter",
+               "Requests refused for their token (401/403).", W.st.auth_refused);
+    metric_put(o, "pushwire_csrf_refused_total", "counter",
+               "Publishes refused for a foreign Origin or Sec-Fetch-Site.", W.st.csrf_refused);
+    metric_put(o, "pushwire_eventsource_expired_total", "counter",
+               "EventSource streams ended by their token's expiry.", W.st.sse_expired);
     daemon_metrics(o, W.d.h);
 }
 

@@ -250,14 +250,14 @@ class Stack:
             "WORKER_ADDRS": " ".join("unix:" + self.worker_sock(i) for i in range(self.nworkers)),
             "RELAY_ADDRS": " ".join("127.0.0.1:%d" % p for p in self.relay_ports),
             "LISTEN": "127.0.0.1:%d" % self.port,
-            "ERROR_LOG": self.path("nginx-error.log"),
             "CHAT_RATE": "100000",
             "CHAT_BURST": "100000",
             "NGINX_WORKERS": "2",
         })
         env.update(self.nginx_env)
         subprocess.run([os.path.join(ROOT, "nginx", "render"), self.dir], env=env, check=True)
-        self.nginx = Proc("nginx", ["nginx", "-p", self.dir, "-c", self.path("nginx.conf")],
+        self.nginx = Proc("nginx", [os.path.join(ROOT, "nginx", "run"), self.path("nginx-error.log"),
+                                    "-p", self.dir, "-c", self.path("nginx.conf")],
                           self.path("nginx.log")).start()
         wait_for(lambda: self.get("/healthz")[0] == 200, what="nginx /healthz")
 

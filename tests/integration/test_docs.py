@@ -73,7 +73,7 @@ def test_shell_scripts_pass_shellcheck():
     import shutil
     if not shutil.which("shellcheck"):
         pytest.fail("shellcheck is missing: apt-get install -y shellcheck", pytrace=False)
-    scripts = ["nginx/render", "scripts/run-stack", "scripts/install-deps", "scripts/run-fuzz",
+    scripts = ["nginx/render", "nginx/run", "nginx/redact", "scripts/run-stack", "scripts/install-deps", "scripts/run-fuzz",
                ".ci/run"] + ["docker/" + f for f in sorted(os.listdir(os.path.join(ROOT, "docker")))]
     r = subprocess.run(["shellcheck"] + scripts, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
@@ -150,3 +150,50 @@ def test_every_setting_of_make_run_is_in_the_readme(script, start):
                 "ERROR_LOG", "NGINX_USER", "BUILD_DIR"}
     missing = [n for n in names if "`%s`" % n not in text and n not in internal]
     assert not missing, "%s reads %s, which the README does not mention" % (script, missing)
+
+
+def test_readme_private_channels_example(tmp_path):
+    """The "Try it" lines of README's Private channels section, in order,
+    against a stack started with the settings its `make run` line names."""
+    import time
+    from stack import Stack
+    text = readme()
+    sec = text[text.index("## Private channels"):text.index("## Many channels on one connection")]
+    blocks = re.findall(r"```sh\n(.*?)```", sec, re.S)
+    assert len(blocks) == 2, blocks
+    setup, lines = blocks[0].strip().splitlines(), blocks[1].strip().splitlines()
+    assert setup[1].endswith("make run"), setup
+    subprocess.run(["bash", "-c", setup[0]], cwd=tmp_path, check=True)
+    assign = setup[1][:-len("make run")]
+    out = subprocess.run(["bash", "-c", assign + ' env | grep "^PW_"'], cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout
+    env = dict(l.split("=", 1) for l in out.split())
+    s = Stack(workers=1, relays=1, env=env).start()
+    try:
+        def sub(line):
+            return line.replace("127.0.0.1:8080", "127.0.0.1:%d" % s.port).replace(
+                "scripts/", os.path.join(ROOT, "scripts") + "/")
+        mint = sub(lines[0])
+        script = lambda body: "%s\n%s" % (mint, body)  # noqa: E731
+        run = lambda l: subprocess.run(["bash", "-c", script(sub(l))], cwd=tmp_path,  # noqa: E731
+                                       capture_output=True, text=True, timeout=20).stdout
+        assert '"id":1' in run(lines[1])
+        assert '"content":"hi"' in run(lines[2])
+        assert "a token is required" in run(lines[3])
+        for l in lines[4:6]:
+            p = subprocess.Popen(["bash", "-c", script(sub(l))], cwd=tmp_path,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.PIPE, start_new_session=True)
+            try:
+                got, deadline = b"", time.monotonic() + 15
+                os.set_blocking(p.stdout.fileno(), False)
+                while b'"content":"hi"' not in got and time.monotonic() < deadline:
+                    got += p.stdout.read() or b""
+                    time.sleep(0.1)
+                assert b'"content":"hi"' in got, (l, got)
+            finally:
+                import signal
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    finally:
+        s.stop()

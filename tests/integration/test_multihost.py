@@ -130,11 +130,12 @@ class Cluster:
             "LISTEN": "%s:%d" % (self.net.addr(host), NGINX_PORT),
             "WORKER_ADDRS": " ".join("unix:" + self.worker_sock(host, i) for i in range(WORKERS_PER_HOST)),
             "RELAY_ADDRS": "%s:%d" % (self.net.addr(host), RELAY_PORT),
-            "ERROR_LOG": self.path(host + "-nginx-error.log"),
             "CHAT_RATE": "100000", "CHAT_BURST": "100000", "NGINX_WORKERS": "1",
         })
         subprocess.run([os.path.join(ROOT, "nginx", "render"), out], env=env, check=True)
-        self.run(host + "-nginx", host, ["nginx", "-p", out, "-c", os.path.join(out, "nginx.conf")], env=env)
+        self.run(host + "-nginx", host, [os.path.join(ROOT, "nginx", "run"),
+                                         self.path(host + "-nginx-error.log"), "-p", out, "-c",
+                                         os.path.join(out, "nginx.conf")], env=env)
         wait_for(lambda: self.http(host, "GET", "/healthz")[0] == 200, what=host + " nginx /healthz")
 
     def start(self):

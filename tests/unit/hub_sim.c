@@ -356,6 +356,27 @@ int broker_procs(broker *b, broker_procs_cb *cb, void *arg)
     return 0;
 }
 
+/* Presence is not simulated: counts are accepted and forgotten, and
+ * channel info is "not connected" (the worker answers 503). */
+int broker_presence(broker *b, bool full, const char *const *names, const uint64_t *counts,
+                    size_t n)
+{
+    (void)full, (void)names, (void)counts, (void)n;
+    return broker_cmd_ready(b) ? 0 : -1;
+}
+
+int broker_channel_info(broker *b, const char *channel, broker_info_cb *cb, void *arg)
+{
+    (void)b, (void)channel, (void)cb, (void)arg;
+    return -1;
+}
+
+int broker_channel_list(broker *b, broker_list_cb *cb, void *arg)
+{
+    (void)b, (void)cb, (void)arg;
+    return -1;
+}
+
 int broker_goodbye(broker *b, void (*done)(void *arg), void *arg)
 {
     (void)b, (void)done, (void)arg;

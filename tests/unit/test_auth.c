@@ -333,6 +333,10 @@ static void test_publish(void **state)
     assert_int_equal(e.status, 403);
     assert_int_equal(auth_check_publish(a, "room1", NULL, true, NULL, NULL, NULL, NOW, &e), -1);
     assert_int_equal(e.status, 401);
+    /* Something that is no JWT where no shared token is set: 401, not 403. */
+    assert_int_equal(auth_check_publish(a, "private:a", NULL, false, "Bearer junk", NULL, NULL, NOW,
+                                        &e), -1);
+    assert_int_equal(e.status, 401);
     snprintf(hdr, sizeof hdr, "Bearer %s", pub);
     assert_int_equal(auth_check_publish(a, "room.x", NULL, true, hdr, NULL, NULL, NOW, &e), 0);
     free(pub);
