@@ -742,9 +742,9 @@ class Round:
             p.send(signal.SIGCONT)
 
     async def op_nginx_reload(self):
-        old = set(C.children(self.s.nginx.pid))
+        old = set(C.nginx_workers(self.s.nginx.pid))
         os.kill(self.s.nginx.pid, signal.SIGHUP)
-        ok = await C.wait_until(lambda: set(C.children(self.s.nginx.pid)) - old, 15, 0.1)
+        ok = await C.wait_until(lambda: set(C.nginx_workers(self.s.nginx.pid)) - old, 15, 0.1)
         if not ok:
             self.violation("nginx did not start new workers within 15 s of SIGHUP")
 

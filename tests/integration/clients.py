@@ -193,8 +193,8 @@ def unix_links(pid, table, peer_pids):
     return linked, orphans
 
 
-def children(ppid):
-    """PIDs whose parent is ppid (e.g. the nginx worker processes)."""
+def children(ppid, comm=None):
+    """PIDs whose parent is ppid, of the program named comm if given."""
     out = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -206,9 +206,15 @@ def children(ppid):
             continue
         # comm may contain spaces: fields after the last ')'.
         fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == ppid:
+        if int(fields[1]) == ppid and (comm is None or stat[stat.index("(") + 1:stat.rindex(")")] == comm):
             out.append(int(name))
     return sorted(out)
+
+
+def nginx_workers(master):
+    """The worker processes of an nginx master. Not every child: nginx/run
+    leaves its error-log redactor (sed) as a child of nginx."""
+    return children(master, "nginx")
 
 
 # ---- HTTP/1.1 over asyncio streams ---------------------------------------------------

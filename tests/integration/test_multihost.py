@@ -34,7 +34,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from netns import Net, remove_stale  # noqa: E402
 from stack import RESULTS, parse_metrics, BAD_LOG, BUILD, PLAIN_BUILD, ROOT, Proc, wait_for  # noqa: E402
-from clients import children  # noqa: E402
+from clients import nginx_workers  # noqa: E402
 
 HOSTS = (("h1", 11), ("h2", 12))
 WORKERS_PER_HOST = 2
@@ -648,10 +648,10 @@ def test_compose_style_nginx_entrypoint(cluster, capsys):
                         return b"shutting down" in f.read()
                 except OSError:
                     return True
-            return set(children(pid)) - set(old_workers) and all(gone_or_leaving(w) for w in old_workers)
+            return set(nginx_workers(pid)) - set(old_workers) and all(gone_or_leaving(w) for w in old_workers)
 
         # A worker gone and the relay elsewhere: found without a reload by hand.
-        n, old_workers = reloads(), children(pid)
+        n, old_workers = reloads(), nginx_workers(pid)
         t0 = time.monotonic()
         names([h2], [h1])
         wait_for(lambda: upstream("pushwire_workers") == ["%s:9000" % h2] and reloads() == n + 1 and
@@ -668,13 +668,13 @@ def test_compose_style_nginx_entrypoint(cluster, capsys):
         assert after["h1"] == before["h1"] and after["h2"] > before["h2"], (before, after)
         # The WebSocket held by the old nginx worker is closed after
         # SHUTDOWN_TIMEOUT (3 s); the client comes back with since.
-        wait_for(lambda: len(children(pid)) == 1 and ws.reconnects >= 1, timeout=15,
-                 what="the old nginx worker to exit (workers %r)" % children(pid))
+        wait_for(lambda: len(nginx_workers(pid)) == 1 and ws.reconnects >= 1, timeout=15,
+                 what="the old nginx worker to exit (workers %r)" % nginx_workers(pid))
         finish([ws], max(published))
         ok = stats(capsys, "compose-gw", [ws], published)
 
         # No address at all: a placeholder marked down, 503 with Retry-After.
-        old_workers = children(pid)
+        old_workers = nginx_workers(pid)
         names([], [h1])
         wait_for(lambda: upstream("pushwire_workers") == ["127.0.0.1:9 down"] and reloads() == n + 2 and
                  reloaded(old_workers), timeout=10, what="the down placeholder")

@@ -215,7 +215,7 @@ def soak_pids(s):
         pids["worker-%d" % i] = w.pid
     for i, r in enumerate(s.relays):
         pids["relay-%d" % i] = r.pid
-    for k, p in enumerate(C.children(s.nginx.pid)):
+    for k, p in enumerate(C.nginx_workers(s.nginx.pid)):
         pids["nginx-w%d" % k] = p
     return pids
 
@@ -225,7 +225,7 @@ def fd_figures(s, pids):
     unix connections whose peer is closed)}."""
     table = C.unix_socket_table()
     workers = [w.pid for w in s.workers]
-    ngx = C.children(s.nginx.pid)
+    ngx = C.nginx_workers(s.nginx.pid)
     out = {}
     for name, pid in pids.items():
         if name.startswith("worker"):
@@ -360,9 +360,9 @@ def test_nginx_reload_and_rolling_restart_under_load(fresh_stack):
     T0 = time.monotonic()
 
     def reload_nginx():
-        old = set(C.children(s.nginx.pid))
+        old = set(C.nginx_workers(s.nginx.pid))
         os.kill(s.nginx.pid, signal.SIGHUP)
-        wait_for(lambda: set(C.children(s.nginx.pid)) - old, timeout=15, what="new nginx workers")
+        wait_for(lambda: set(C.nginx_workers(s.nginx.pid)) - old, timeout=15, what="new nginx workers")
         steps.append("%.1fs nginx reload" % (time.monotonic() - T0))
 
     def restart_worker(i):
