@@ -298,6 +298,51 @@ const SCENARIOS = {
   // A: the connection token; pub2 subscribed once connected (in-band).
   // B: no connection token; the private channel with its own short-lived
   // token, renewed by getToken before it expires (in-band refresh).
+  // README's pushwire.js example page, as test_client_js.py took it from
+  // README.md (with a token pasted in): installed next to the library,
+  // opened as a user would, its list read. After `expect` (lines) is on the
+  // list, the harness publishes `publish` and waits for `expectAfter`
+  // (regexps).
+  async readme(browser, base, { html, expect, publish, expectAfter, allow }) {
+    const run = new Run(browser, base, (allow || []).map((a) => new RegExp(a)));
+    try {
+      await ask('install_pages', { pages: { 'readme.html': html } });
+      const ctx = await browser.newContext({ locale: 'en-US', timezoneId: 'UTC' });
+      run.contexts.push(ctx);
+      const page = await ctx.newPage();
+      page.pwName = 'readme';
+      const refused = [];
+      page.on('response', (r) => { if (r.status() >= 400) refused.push(`${r.status()} ${r.request().method()} ${new URL(r.url()).pathname}`); });
+      page.on('pageerror', (e) => run.problems.push(`readme: page error: ${e.message}`));
+      page.on('console', (m) => {
+        if (m.type() === 'error' && !run.allow.some((re) => re.test(m.text()))) run.problems.push(`readme: console error: ${m.text()}`);
+      });
+      const res = await page.goto(`${base}/__pwtest/readme.html`, { waitUntil: 'domcontentloaded' });
+      assertEq(res && res.status(), 200, 'status of the example page');
+      const lines = () => page.evaluate(() => [...document.querySelectorAll('#log li')].map((li) => li.textContent));
+      // want: exact lines, or regexps (source strings) with re set.
+      const until = async (want, what, re = false) => {
+        const end = Date.now() + 15000;
+        const has = (have, w) => (re ? have.some((l) => new RegExp(w).test(l)) : have.includes(w));
+        for (;;) {
+          const have = await lines();
+          if (want.every((w) => has(have, w))) return have;
+          if (Date.now() > end) throw new Error(`timed out waiting for ${what}: the list is ${JSON.stringify(have)}, want ${JSON.stringify(want)}`);
+          await sleep(100);
+        }
+      };
+      const first = await until(expect, 'the example\'s first lines');
+      for (const p of publish || []) {
+        const r = await ask('publish', p);
+        assertEq(r.status, 200, `publish on ${p.channel}`);
+      }
+      await until(expectAfter || [], 'the messages published after it', true);
+      await sleep(300);   // a duplicate would arrive now
+      run.check();
+      return { first, lines: await lines(), refused };
+    } finally { await run.close(); }
+  },
+
   async multi(browser, base, { pub1, pub2, priv }) {
     const run = new Run(browser, base);
     try {
