@@ -20,7 +20,10 @@
  * channel). The same syntax lists private channels (--private-channels).
  *
  * Pure: no I/O after auth_new (which reads the key files); the time is the
- * caller's. Errors carry the HTTP status (401: no usable token, 403: a valid
+ * caller's. An auth object keeps the claims of tokens whose signature
+ * verified (a bounded cache keyed by the SHA-256 of the token's bytes), so
+ * that a token sent again costs no signature check; every other check runs
+ * on every call. Hence one auth per thread. Errors carry the HTTP status (401: no usable token, 403: a valid
  * token that does not grant this) and a static message safe to show: it
  * never contains the token.
  */
@@ -104,6 +107,9 @@ time_t auth_now(void);
  * begins, at least 1: how long a connection opened by a token that ends at
  * when may stay open. */
 unsigned long long auth_ms_until(time_t when);
+
+/* Verifications answered from the cache (for metrics and tests). */
+unsigned long long auth_cache_hits(const auth *a);
 
 /* Pattern match as described above. */
 bool auth_pattern_match(const char *pattern, size_t plen, const char *channel);

@@ -369,11 +369,71 @@ static void test_find_and_redact(void **state)
     assert_string_equal(auth_redact_query("token=abcdef", out, 8), "token=[");
 }
 
+/* The cache of verified tokens: a token sent again is a hit, still
+ * checked for time and grants; a forged signature on the same claims is a
+ * miss and refused; a long token (over 2 KiB) is never stored. */
+static void test_cache(void **state)
+{
+    (void)state;
+    auth *a = make(secret_path, rsa_pub_path, "private:*");
+    auth_error e;
+    char *ok = mint(JWT_ALG_RS256, rsa_priv,
+                    "{\"exp\":1800000100,\"pushwire\":{\"subscribe\":[\"private:alice\"]}}");
+    assert_int_equal(auth_cache_hits(a), 0);
+    assert_int_equal(sub(a, "private:alice", ok, &e), 0);
+    assert_int_equal(auth_cache_hits(a), 0);
+    assert_int_equal(sub(a, "private:alice", ok, &e), 0);
+    assert_int_equal(auth_cache_hits(a), 1);
+    /* a hit is checked like a miss: grants and time */
+    assert_int_equal(sub(a, "private:bob", ok, &e), -1);
+    assert_int_equal(e.status, 403);
+    assert_int_equal(auth_check_subscribe(a, "private:alice", ok, strlen(ok), 1800000100, NULL, &e),
+                     -1);
+    assert_string_equal(e.message, "token expired");
+    assert_int_equal(auth_cache_hits(a), 3);
+    /* the same header and claims with another signature */
+    char *forged = strdup(ok);
+    char *last = forged + strlen(forged) - 2;
+    *last = *last == 'A' ? 'B' : 'A';
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(sub(a, "private:alice", forged, &e), -1);
+        assert_int_equal(e.status, 401);
+        assert_string_equal(e.message, "invalid token: bad signature");
+    }
+    assert_int_equal(auth_cache_hits(a), 3);
+    assert_int_equal(sub(a, "private:alice", ok, &e), 0); /* the good one is still stored */
+    assert_int_equal(auth_cache_hits(a), 4);
+    /* claims that verify but are refused are refused from the cache too */
+    char *bad = mint(JWT_ALG_RS256, rsa_priv, "{\"pushwire\":{\"subscribe\":\"private:alice\"}}");
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(sub(a, "private:alice", bad, &e), -1);
+        assert_int_equal(e.status, 401);
+    }
+    assert_int_equal(auth_cache_hits(a), 5);
+    /* over 2 KiB: verified every time */
+    char claims[4096];
+    int n = snprintf(claims, sizeof claims, "{\"pushwire\":{\"subscribe\":[\"private:alice\"");
+    while (n < 3000)
+        n += snprintf(claims + n, sizeof claims - (size_t)n, ",\"private:x%d\"", n);
+    snprintf(claims + n, sizeof claims - (size_t)n, "]}}");
+    char *big = mint(JWT_ALG_RS256, rsa_priv, claims);
+    assert_true(strlen(big) > 2048);
+    assert_int_equal(sub(a, "private:alice", big, &e), 0);
+    assert_int_equal(sub(a, "private:alice", big, &e), 0);
+    assert_int_equal(auth_cache_hits(a), 5);
+    free(big);
+    free(bad);
+    free(forged);
+    free(ok);
+    auth_free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_patterns),
         cmocka_unit_test(test_hs256),
+        cmocka_unit_test(test_cache),
         cmocka_unit_test(test_nbf_leeway_aud_iss),
         cmocka_unit_test(test_rs256_es256_and_key_confusion),
         cmocka_unit_test(test_alg_none_and_garbage),
