@@ -8,7 +8,10 @@
  *   1 an upgrade request built from four bytes on client k (path, channel,
  *     since, epoch, Origin, a missing or bad header)
  *   2 a frame built from bytes (opcode, FIN, mask or not, payload up to 200
- *     bytes, close codes, oversized lengths) on k
+ *     bytes, close codes, oversized lengths) on k; with the operation byte
+ *     at 240 or more, an in-band control message instead (subscribe,
+ *     unsubscribe, refresh or an unknown type; channel, since, epoch, token
+ *     each there or not, well-formed or not, split over two frames or not)
  *   3 raw bytes (up to 64) on k
  *   4 read what came back on k: an HTTP answer head, then only well-formed
  *     unmasked server frames (every frame starts where the last ended)
@@ -59,14 +62,17 @@ typedef struct script {
 
 static uint8_t next(script *s) { return s->p < s->end ? *s->p++ : 0; }
 
-static const char *const channels[] = {"c0", "c1", "c2", "bad channel!"};
+static const char *const channels[] = {"c0", "c1", "c2", "bad channel!", "c0,c2,c1", ""};
+#define NCHANNELS (sizeof channels / sizeof channels[0])
 
 static void upgrade(buf *out, script *s)
 {
     uint8_t a = next(s), b = next(s), c = next(s), d = next(s);
     const char *path = a & 1 ? "/ws" : a & 2 ? "/nowhere" : "/status";
-    buf_printf(out, "GET %s?channel=%s", path, channels[(a >> 2) % 4]);
-    if (b != 255)
+    buf_printf(out, "GET %s?channel=%s", path, channels[(a >> 2) % NCHANNELS]);
+    if (b == 254)
+        buf_puts(out, "&since=c0=3,c2=g0000001e0000001:5,c1");
+    else if (b != 255)
         buf_printf(out, "&since=%u", b);
     if (c & 1)
         buf_printf(out, "&epoch=%s", c & 2 ? "g0000001e0000001" : "old");
@@ -114,6 +120,54 @@ static void frame(buf *out, script *s)
         uint8_t v = op == 8 && i < 2 ? (uint8_t)(i ? 0xE8 : 0x03) : next(s); /* close 1000 */
         buf_putc(out, (char)(masked ? v ^ "\x12\x34\x56\x78"[i % 4] : v));
     }
+}
+
+/* A masked client frame of opcode op carrying p[0..n). */
+static void client_frame(buf *out, uint8_t op, bool fin, const char *p, size_t n)
+{
+    uint8_t h[8] = {(uint8_t)((fin ? 0x80 : 0) | op)};
+    size_t hl = 2;
+    if (n < 126) {
+        h[1] = (uint8_t)(0x80 | n);
+    } else {
+        h[1] = 0x80 | 126;
+        h[2] = (uint8_t)(n >> 8);
+        h[3] = (uint8_t)n;
+        hl = 4;
+    }
+    memcpy(h + hl, "\x12\x34\x56\x78", 4);
+    buf_append(out, h, hl + 4);
+    for (size_t i = 0; i < n; i++)
+        buf_putc(out, (char)(p[i] ^ "\x12\x34\x56\x78"[i % 4]));
+}
+
+static const char *const control_types[] = {"subscribe", "unsubscribe", "refresh", "bogus"};
+
+/* An in-band control message (the relay's subscribe/unsubscribe/refresh). */
+static void control(buf *out, script *s)
+{
+    uint8_t a = next(s), b = next(s), c = next(s);
+    buf m = BUF_INIT;
+    buf_printf(&m, "{\"type\":\"%s\"", control_types[a % 4]);
+    if (!(a & 4))
+        buf_printf(&m, ",\"channel\":\"%s\"", channels[(a >> 3) % NCHANNELS]);
+    if (b != 255)
+        buf_printf(&m, ",\"since\":%u", b);
+    if (c & 1)
+        buf_printf(&m, ",\"epoch\":\"%s\"", c & 2 ? "g0000001e0000001" : "old");
+    if (c & 4)
+        buf_puts(&m, ",\"token\":\"eyJhbGciOiJIUzI1NiJ9.e30.x\"");
+    if (c & 8)
+        buf_puts(&m, c & 2 ? ",\"since\":\"bad\"" : ",\"since\":-1");
+    if (!(c & 16))
+        buf_putc(&m, '}');
+    if (c & 32 && m.len > 1) { /* a text frame and a continuation */
+        client_frame(out, 1, false, m.data, m.len / 2);
+        client_frame(out, 0, true, m.data + m.len / 2, m.len - m.len / 2);
+    } else {
+        client_frame(out, 1, true, m.data, m.len);
+    }
+    buf_free(&m);
 }
 
 /* An HTTP head, then only whole unmasked server frames. */
@@ -248,7 +302,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 if (op % 10 == 1) {
                     upgrade(&out, &sc);
                 } else if (op % 10 == 2) {
-                    frame(&out, &sc);
+                    if (op >= 240)
+                        control(&out, &sc);
+                    else
+                        frame(&out, &sc);
                 } else {
                     size_t n = next(&sc) % 64;
                     while (n-- && sc.p < sc.end)

@@ -52,6 +52,7 @@ import re
 import shutil
 import signal
 import socket
+import tempfile
 import time
 import traceback
 import uuid
@@ -171,6 +172,7 @@ class ChaosPublisher:
         self.stopping = False
         self.final_deadline = None       # give up retrying after this (monotonic)
         self.crash = None
+        self.token = None                # sent as Authorization: Bearer (private channels)
         self.n = 0
 
     def stop(self, deadline):
@@ -243,6 +245,8 @@ class ChaosPublisher:
             headers = {"Content-Type": "application/x-www-form-urlencoded"}
             if self.idem:
                 headers["Idempotency-Key"] = "%s-%d" % (self.key, i)
+            if self.token:
+                headers["Authorization"] = "Bearer " + self.token
             body = urlencode({"content": content, "channel": self.channel}).encode()
             try:
                 st, h, data = await asyncio.wait_for(conn.request("POST", "/chat", body, headers), 15)
@@ -600,6 +604,11 @@ class Round:
         self.max_reads = self.rng.choice((32, 32, 2))
         self.redis_timeout = self.rng.choice((1000, 1000, 400))
         self.scale = self.rng.choice((1, 1, 3))  # clients of each kind per channel
+        # Half the rounds run with every channel private (--private-channels
+        # cx.*): each client and publisher carries a token (in the query,
+        # as browsers must; in Authorization for publishes).
+        self.private = self.rng.random() < 0.5
+        self.token = None
         self.long_stalls = seconds >= 60
         self.timeline = []
         self.violations = []
@@ -624,10 +633,30 @@ class Round:
         self.violations.append(what)
         self.event("VIOLATION " + what)
 
+    def publisher(self, *a, **kw):
+        p = ChaosPublisher(*a, **kw)
+        p.token = self.token
+        return p
+
+    def with_token(self, clients):
+        for c in clients:
+            c.token = self.token
+        return clients
+
     # -- the stack
     def make_stack(self):
         common = ["--redis-timeout", str(self.redis_timeout),
                   "--max-history-reads", str(self.max_reads)]
+        if self.private:
+            import jwt  # python3-jwt
+            secret = os.urandom(32).hex()
+            self.secret_file = tempfile.NamedTemporaryFile("w", prefix="pw-chaos-secret-", delete=False)
+            self.secret_file.write(secret + "\n")
+            self.secret_file.close()
+            self.token = jwt.encode({"exp": int(time.time()) + 7200,
+                                     "pushwire": {"subscribe": ["cx.*"], "publish": ["cx.*"]}},
+                                    secret, algorithm="HS256")
+            common += ["--private-channels", "cx.*", "--jwt-secret-file", self.secret_file.name]
         wargs = common + ["--history", str(self.history), "--sse-heartbeat", "2",
                           "--max-poll-timeout", "30"]
         rargs = common
@@ -761,7 +790,7 @@ class Round:
         _, sizes, _, _ = kind
         if sizes[1]:
             sizes = (8000, 32000)
-        p = ChaosPublisher(self.s.port, ch, "burst%d" % k, idem=True, sizes=sizes, seed=seed,
+        p = self.publisher(self.s.port, ch, "burst%d" % k, idem=True, sizes=sizes, seed=seed,
                            concurrency=4)
         self.pubs.append(p)
         await p.run(count=n)
@@ -790,10 +819,11 @@ class Round:
         s = self.s
         ch = "cx.flood%d:%s" % (k, uuid.uuid4().hex[:8])
         self.extra_channels[ch] = True
-        fl = [C.ResumingWs(HOST, s.port, ch, 0, "flood%d/ws" % k, seeds[0], rcvbuf=16384),
-              C.ResumingWs(HOST, s.relay_ports[relay], ch, 0, "flood%d/ws-direct" % k, seeds[1],
-                           rcvbuf=16384),
-              C.SseClient(HOST, s.port, ch, 0, "flood%d/sse" % k, seeds[2], rcvbuf=16384)]
+        fl = self.with_token([
+            C.ResumingWs(HOST, s.port, ch, 0, "flood%d/ws" % k, seeds[0], rcvbuf=16384),
+            C.ResumingWs(HOST, s.relay_ports[relay], ch, 0, "flood%d/ws-direct" % k, seeds[1],
+                         rcvbuf=16384),
+            C.SseClient(HOST, s.port, ch, 0, "flood%d/sse" % k, seeds[2], rcvbuf=16384)])
         for c in fl:
             c.first_since_given = True
         self.clients += fl
@@ -803,7 +833,7 @@ class Round:
             for c in fl:
                 c.stall(stall)
             self.stats["stalls"] += len(fl)
-            p = ChaosPublisher(s.port, ch, "flood%d" % k, idem=True, sizes=(24000, 32000),
+            p = self.publisher(s.port, ch, "flood%d" % k, idem=True, sizes=(24000, 32000),
                                seed=seeds[3], concurrency=4)
             self.pubs.append(p)
             await p.run(count=n)
@@ -982,9 +1012,19 @@ class Round:
                     C.SseClient(HOST, s.port, ch, 0, name + "sse", seed(), rcvbuf=32768),
                     C.SseClient(HOST, s.port, ch, None, name + "sse-nosince", seed()),
                 ]
+        # One WebSocket on every channel (through nginx, and straight to a
+        # relay), each channel resumed from its own position; the checker
+        # sees one client per channel (.parts).
+        chans = [self.channel_of[short] for short, _, _, _ in CHANNEL_KINDS]
+        for n in range(self.scale):
+            for label, port, since in (("ws", s.port, 0), ("ws-direct", s.relay_ports[n % len(s.relay_ports)], 0),
+                                       ("ws-nosince", s.port, None)):
+                m = C.MultiWs(HOST, port, chans, since, "multi/%d%s" % (n, label), self.rng.random(),
+                              rcvbuf=32768)
+                out += m.parts
         for c in out:
             c.first_since_given = c.has_since
-        return out
+        return self.with_token(out)
 
     async def scenario(self):
         s = self.s
@@ -994,10 +1034,10 @@ class Round:
         self.pubs = []
         for short, sizes, r_idem, r_plain in CHANNEL_KINDS:
             ch = self.channel_of[short]
-            self.pubs.append(ChaosPublisher(s.port, ch, short + "-k", True, sizes, r_idem,
+            self.pubs.append(self.publisher(s.port, ch, short + "-k", True, sizes, r_idem,
                                             self.rng.random()))
             if r_plain:
-                self.pubs.append(ChaosPublisher(s.port, ch, short + "-p", False, sizes, r_plain,
+                self.pubs.append(self.publisher(s.port, ch, short + "-p", False, sizes, r_plain,
                                                 self.rng.random()))
         paced = list(self.pubs)
         await asyncio.sleep(1.0)  # clients subscribe
@@ -1032,7 +1072,7 @@ class Round:
         # none until a message reaches it) and the newest id moves once more.
         markers = []
         for short, _, _, _ in CHANNEL_KINDS:
-            mp = ChaosPublisher(s.port, self.channel_of[short], short + "-marker", True, seed=0)
+            mp = self.publisher(s.port, self.channel_of[short], short + "-marker", True, seed=0)
             mp.final_deadline = time.monotonic() + 60
             markers.append(mp)
             self.pubs.append(mp)
@@ -1107,6 +1147,8 @@ class Round:
             self.keep_logs()
         if os.environ.get("PW_KEEP_LOGS") != "1":
             shutil.rmtree(self.s.dir, ignore_errors=True)
+        if self.private:
+            os.unlink(self.secret_file.name)
         return ok_stop
 
     def collect_logs(self):
@@ -1154,7 +1196,7 @@ class Round:
         faults = dict(sorted(self.ops.items()))
         st = self.stats
         return ("round %d mode=%s history=%d interval=%.1fs max_reads=%d redis_timeout=%d "
-                "clients=%d: "
+                "private=%s clients=%d: "
                 "operations=%d (skipped %d) faults=%s messages=%d "
                 "acked=%d deliveries_checked=%d acked_deliveries_checked=%d resets=%d "
                 "channel_epochs=%d "
@@ -1162,7 +1204,7 @@ class Round:
                 "acked_lost_with_epoch=%d "
                 "converge=%ss lag_max=%ss violations=%d" % (
                     self.index, self.mode, self.history, self.interval, self.max_reads,
-                    self.redis_timeout, len(getattr(self, "clients", ())),
+                    self.redis_timeout, "yes" if self.private else "no", len(getattr(self, "clients", ())),
                     sum(self.ops.values()), self.skipped,
                     faults, st["messages_stored"], st["acked"], st["deliveries"],
                     st["acked_deliveries_checked"], st["resets"], st["epochs"], st["ws_cutoffs"],

@@ -663,6 +663,7 @@ class LogClient(Recorder):
         self.stall_until = 0.0
         self.stalls = self.drops = self.cutoffs = 0
         self.left = False  # stopped for good (the test no longer expects it to catch up)
+        self.token = None  # a token for a private channel, sent as token= in the query
         self._transport = None
         self._stall_timer = None
 
@@ -777,6 +778,8 @@ class ResumingLongPoll(LogClient):
             q += "&since=%d" % self.since
             if self.epoch:
                 q += "&epoch=" + self.epoch
+        if self.token:
+            q += "&token=" + self.token
         return "/status?" + q
 
     async def _run(self):
@@ -863,6 +866,8 @@ class ResumingWs(LogClient):
             q += "&since=%d" % self.since
             if self.epoch:
                 q += "&epoch=" + self.epoch
+        if self.token:
+            q += "&token=" + self.token
         return "ws://%s:%d%s?%s" % (self.host, self.port, self.path, q)
 
     async def _run(self):
@@ -945,6 +950,94 @@ class ResumingWs(LogClient):
             self.rec_bad("bad frame (%s) %r" % (e, raw[:200]))
 
 
+class ChannelPart(LogClient):
+    """One channel of a MultiWs: what the checker sees of it (a WebSocket
+    client of that channel). Its connection is its owner's: a stall or a
+    drop of a part is one of the shared connection."""
+
+    kind = "websocket"
+
+    def __init__(self, owner, channel, since, name, seed):
+        super().__init__(channel, since, name, seed, owner.rcvbuf)
+        self.owner = owner
+
+    async def _run(self):
+        await asyncio.Event().wait()  # the owner's task runs the connection
+
+
+class MultiWs(ResumingWs):
+    """One WebSocket following several channels, each resumed from its own
+    position: this object is the first channel's client, .parts every
+    channel's (itself first). Each connection picks, at random, the URL form
+    (channel=a,b&since=a=E:5,b=7) or in-band subscribes (channel= empty,
+    then {"type":"subscribe","channel","since","epoch"} per channel, with
+    the token of the handshake). An in-band refusal other than 503 (Redis
+    unavailable, answered again on reconnect) is a breach."""
+
+    def __init__(self, host, port, channels, since=0, name="", seed=None, rcvbuf=None):
+        super().__init__(host, port, channels[0], since, name, seed, rcvbuf)
+        self.parts = [self] + [ChannelPart(self, ch, since, "%s[%s]" % (name, ch.split(":")[0]), self.rng.random())
+                               for ch in channels[1:]]
+        self.by_channel = {p.channel: p for p in self.parts}
+        self.in_band = False
+
+    def _uri(self):
+        q = "channel="
+        if not self.in_band:
+            q += ",".join(p.channel for p in self.parts)
+            pos = ["%s=%s%d" % (p.channel, p.epoch + ":" if p.epoch else "", p.since)
+                   for p in self.parts if p.has_since]
+            if pos:
+                q += "&since=" + ",".join(pos)
+        if self.token:
+            q += "&token=" + self.token
+        return "ws://%s:%d%s?%s" % (self.host, self.port, self.path, q)
+
+    async def _connect(self):
+        self.in_band = self.rng.random() < 0.5
+        ws = await super()._connect()
+        if self.in_band:
+            for p in self.parts:
+                m = {"type": "subscribe", "channel": p.channel}
+                if p.has_since:
+                    m["since"] = p.since
+                    if p.epoch:
+                        m["epoch"] = p.epoch
+                await ws.send(json.dumps(m))
+        return ws
+
+    def _attach(self, transport):
+        for p in self.parts:
+            LogClient._attach(p, transport)
+
+    def _detach(self):
+        for p in self.parts:
+            LogClient._detach(p)
+
+    def _frame(self, raw):
+        try:
+            doc = json.loads(raw)
+        except ValueError as e:
+            self.rec_bad("bad frame (%s) %r" % (e, raw[:200]))
+            return
+        t = doc.get("type") if isinstance(doc, dict) else None
+        if t == "subscribed":
+            return
+        if t == "error":
+            if doc.get("status") == 503:
+                self.note("in-band 503 on %s" % doc.get("channel"))
+                if self._transport is not None:
+                    self._transport.abort()  # reconnect and ask again
+                return
+            self.rec_bad("in-band error %r" % doc)
+            return
+        part = self.by_channel.get(doc.get("channel")) if isinstance(doc, dict) else None
+        if part is None:
+            self.rec_bad("frame for channel %r" % (doc.get("channel") if isinstance(doc, dict) else doc))
+            return
+        ResumingWs._frame(part, raw)
+
+
 class SseClient(LogClient):
     """GET /status with Accept: text/event-stream, resuming as a browser's
     EventSource does: reconnect with Last-Event-ID (the id of the last event,
@@ -969,6 +1062,8 @@ class SseClient(LogClient):
             hdrs.append("Last-Event-ID: " + self.last_event_id)
         elif self.has_since:
             q += "&since=%d" % self.since
+        if self.token:
+            q += "&token=" + self.token
         return ("GET /status?%s HTTP/1.1\r\n%s\r\n\r\n" % (q, "\r\n".join(hdrs))).encode()
 
     async def _run(self):
