@@ -6,14 +6,8 @@
 //
 //   node tests/browser/client.test.mjs --serve
 //
-// The protocol is page.test.mjs's (JSON lines on stdin/stdout; logs on
-// stderr):
-//   node -> py  {"type":"ready","chromium":"<version>"}
-//   py -> node  {"type":"run","scenario":NAME,"base":"http://127.0.0.1:PORT","args":{...}}
-//   node -> py  {"type":"ask","seq":N,"action":ACTION,"args":{...}}   (zero or more)
-//   py -> node  {"type":"answer","seq":N,"ok":true,"value":...} | {"ok":false,"error":"..."}
-//   node -> py  {"type":"result","scenario":NAME,"ok":BOOL,"error":"...","details":{...},"ms":N}
-//   py -> node  {"type":"quit"}
+// The protocol (JSON lines on stdin/stdout, logs on stderr) and the
+// session's Chromium are bridge.mjs's, shared with page.test.mjs.
 // ACTIONs (the Harness in test_client_js.py): install_pages, publish, mint, publisher_start /
 // publisher_stop / publisher_count (a background publisher), stop_relay /
 // start_relay, history, other_origin_page (serve HTML on another origin).
@@ -25,59 +19,7 @@
 //
 // Environment: PW_CHROMIUM (default /usr/bin/chromium).
 
-import { chromium } from 'playwright-core';
-import { createInterface } from 'node:readline';
-
-const CHROMIUM = process.env.PW_CHROMIUM || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
-];
-
-const T0 = Date.now();
-function log(...a) {
-  process.stderr.write(`[client +${((Date.now() - T0) / 1000).toFixed(2)}s] ${a.join(' ')}\n`);
-}
-function emit(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// ------------------------------------------------------------ stdin / asks
-const pending = new Map();
-let seq = 0;
-let onRun = null;
-let stdinClosed = false;
-
-const rl = createInterface({ input: process.stdin });
-rl.on('line', (line) => {
-  if (!line.trim()) return;
-  let m;
-  try { m = JSON.parse(line); } catch (e) { log('bad input line:', line); return; }
-  if (m.type === 'answer') {
-    const p = pending.get(m.seq);
-    if (!p) return;
-    pending.delete(m.seq);
-    if (m.ok) p.resolve(m.value); else p.reject(new Error(`harness action failed: ${m.error}`));
-  } else if (m.type === 'run' && onRun) {
-    onRun(m);
-  } else if (m.type === 'quit') {
-    quit(0);
-  }
-});
-rl.on('close', () => {
-  stdinClosed = true;
-  for (const [, p] of pending) p.reject(new Error('stdin closed while waiting for the harness'));
-  pending.clear();
-  if (onRun) quit(0);
-});
-
-function ask(action, args = {}) {
-  if (stdinClosed) return Promise.reject(new Error(`cannot ask the harness to ${action}: stdin closed`));
-  const s = ++seq;
-  return new Promise((resolve, reject) => {
-    pending.set(s, { resolve, reject });
-    emit({ type: 'ask', seq: s, action, args });
-  });
-}
+import { ask, log, main, sleep } from './bridge.mjs';
 
 // ------------------------------------------------------------------ pages
 const PAGES = {
@@ -672,60 +614,4 @@ const SCENARIOS = {
 };
 
 // ------------------------------------------------------------------- main
-let browser = null;
-let quitting = false;
-async function quit(code) {
-  if (quitting) return;
-  quitting = true;
-  if (browser) await browser.close().catch(() => {});
-  process.exit(code);
-}
-process.on('SIGTERM', () => quit(143));
-process.on('SIGINT', () => quit(130));
-
-async function runScenario(name, base, args) {
-  const t = Date.now();
-  const fn = SCENARIOS[name];
-  if (!fn) return { type: 'result', scenario: name, ok: false, error: `unknown scenario ${name}; known: ${Object.keys(SCENARIOS).join(', ')}`, ms: 0 };
-  log(`scenario ${name} ${JSON.stringify(args)} on ${base}`);
-  runs.length = 0;
-  const consoleErrors = () => runs.flatMap((r) => r.consoleSeen);
-  try {
-    await ask('install_pages', { pages: PAGES });
-    const details = await fn(browser, base.replace(/\/+$/, ''), args || {});
-    log(`scenario ${name} passed in ${Date.now() - t} ms`);
-    return { type: 'result', scenario: name, ok: true, details, consoleErrors: consoleErrors(), ms: Date.now() - t };
-  } catch (e) {
-    log(`scenario ${name} FAILED: ${e.stack || e}`);
-    for (const c of consoleErrors()) log(`  console error: ${c}`);
-    return { type: 'result', scenario: name, ok: false, error: String(e && e.message || e), ms: Date.now() - t };
-  }
-}
-
-function argv(name) {
-  const i = process.argv.indexOf('--' + name);
-  return i > 0 ? process.argv[i + 1] : undefined;
-}
-
-async function main() {
-  const serve = process.argv.includes('--serve');
-  const base = argv('base'), scenario = argv('scenario');
-  if (!serve && (!base || !scenario)) {
-    process.stderr.write('usage: client.test.mjs --serve | --base URL --scenario NAME [--args JSON]\n' +
-      `scenarios: ${Object.keys(SCENARIOS).join(', ')}\n`);
-    return quit(2);
-  }
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 60000 });
-  log(`chromium ${browser.version()} launched`);
-  if (serve) {
-    let chain = Promise.resolve();
-    onRun = (m) => { chain = chain.then(async () => emit(await runScenario(m.scenario, m.base, m.args))); };
-    emit({ type: 'ready', chromium: browser.version() });
-    return;
-  }
-  const r = await runScenario(scenario, base, argv('args') ? JSON.parse(argv('args')) : {});
-  emit(r);
-  await quit(r.ok ? 0 : 1);
-}
-
-main().catch((e) => { log(`fatal: ${e.stack || e}`); emit({ type: 'fatal', error: String(e && e.message || e) }); quit(1); });
+main({ tag: 'client', script: 'client.test.mjs', scenarios: SCENARIOS, runs, before: () => ask('install_pages', { pages: PAGES }) });

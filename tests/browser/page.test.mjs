@@ -6,13 +6,8 @@
 //
 //   node tests/browser/page.test.mjs --serve
 //
-// Protocol: JSON lines. stdout carries only protocol lines; logs go to stderr.
-//   node -> py  {"type":"ready","chromium":"<version>"}
-//   py -> node  {"type":"run","scenario":NAME,"base":"http://127.0.0.1:PORT","args":{...}}
-//   node -> py  {"type":"ask","seq":N,"action":ACTION,"args":{...}}   (zero or more)
-//   py -> node  {"type":"answer","seq":N,"ok":true,"value":...} | {"ok":false,"error":"..."}
-//   node -> py  {"type":"result","scenario":NAME,"ok":BOOL,"error":"...","details":{...},"ms":N}
-//   py -> node  {"type":"quit"}
+// Protocol: JSON lines (bridge.mjs, shared with client.test.mjs). stdout
+// carries only protocol lines; logs go to stderr.
 // ACTIONs are what only the harness can do: publish (through stack.publish),
 // stop_relay / start_relay, stop_redis / start_redis.
 //
@@ -23,65 +18,14 @@
 // Environment: PW_CHROMIUM (default /usr/bin/chromium), PW_SHOT_DIR (where
 // the screenshot scenario writes, default <repo>/docs).
 
-import { chromium } from 'playwright-core';
-import { createInterface } from 'node:readline';
+import { ask, log, main, sleep } from './bridge.mjs';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..', '..');
-const CHROMIUM = process.env.PW_CHROMIUM || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
-];
-
-const T0 = Date.now();
-function log(...a) {
-  process.stderr.write(`[browser +${((Date.now() - T0) / 1000).toFixed(2)}s] ${a.join(' ')}\n`);
-}
-function emit(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const rand = () => Math.random().toString(36).slice(2, 10);
-
-// ------------------------------------------------------------ stdin / asks
-const pending = new Map();      // seq -> {resolve, reject}
-let seq = 0;
-let onRun = null;               // set in --serve mode
-let stdinClosed = false;
-
-const rl = createInterface({ input: process.stdin });
-rl.on('line', (line) => {
-  if (!line.trim()) return;
-  let m;
-  try { m = JSON.parse(line); } catch (e) { log('bad input line:', line); return; }
-  if (m.type === 'answer') {
-    const p = pending.get(m.seq);
-    if (!p) return;
-    pending.delete(m.seq);
-    if (m.ok) p.resolve(m.value); else p.reject(new Error(`harness action failed: ${m.error}`));
-  } else if (m.type === 'run' && onRun) {
-    onRun(m);
-  } else if (m.type === 'quit') {
-    quit(0);
-  }
-});
-rl.on('close', () => {
-  stdinClosed = true;
-  for (const [, p] of pending) p.reject(new Error('stdin closed while waiting for the harness'));
-  pending.clear();
-  if (onRun) quit(0);
-});
-
-function ask(action, args = {}) {
-  if (stdinClosed) return Promise.reject(new Error(`cannot ask the harness to ${action}: stdin closed`));
-  const s = ++seq;
-  return new Promise((resolve, reject) => {
-    pending.set(s, { resolve, reject });
-    emit({ type: 'ask', seq: s, action, args });
-  });
-}
 
 // ---------------------------------------------------------------- harness
 // Runs inside every page before its own script: records what the tests
@@ -596,64 +540,4 @@ const SCENARIOS = {
 };
 
 // ------------------------------------------------------------------- main
-let browser = null;
-let quitting = false;
-async function quit(code) {
-  if (quitting) return;
-  quitting = true;
-  if (browser) await browser.close().catch(() => {});
-  process.exit(code);
-}
-process.on('SIGTERM', () => quit(143));
-process.on('SIGINT', () => quit(130));
-
-async function runScenario(name, base, args) {
-  const t = Date.now();
-  const fn = SCENARIOS[name];
-  if (!fn) return { type: 'result', scenario: name, ok: false, error: `unknown scenario ${name}; known: ${Object.keys(SCENARIOS).join(', ')}`, ms: 0 };
-  log(`scenario ${name} ${JSON.stringify(args)} on ${base}`);
-  runs.length = 0;
-  const consoleErrors = () => runs.flatMap((r) => r.consoleSeen);
-  try {
-    const details = await fn(browser, base.replace(/\/+$/, ''), args || {});
-    log(`scenario ${name} passed in ${Date.now() - t} ms`);
-    return { type: 'result', scenario: name, ok: true, details, consoleErrors: consoleErrors(), ms: Date.now() - t };
-  } catch (e) {
-    log(`scenario ${name} FAILED: ${e.stack || e}`);
-    for (const c of consoleErrors()) log(`  console error: ${c}`);
-    return { type: 'result', scenario: name, ok: false, error: String(e && e.message || e), ms: Date.now() - t };
-  }
-}
-
-function argv(name) {
-  const i = process.argv.indexOf('--' + name);
-  return i > 0 ? process.argv[i + 1] : undefined;
-}
-
-async function main() {
-  const serve = process.argv.includes('--serve');
-  const base = argv('base'), scenario = argv('scenario');
-  if (!serve && (!base || !scenario)) {
-    process.stderr.write('usage: page.test.mjs --serve | --base URL --scenario NAME [--args JSON]\n' +
-      `scenarios: ${Object.keys(SCENARIOS).join(', ')}\n`);
-    return quit(2);
-  }
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    timeout: 60000,
-  });
-  log(`chromium ${browser.version()} launched`);
-  if (serve) {
-    let chain = Promise.resolve();
-    onRun = (m) => { chain = chain.then(async () => emit(await runScenario(m.scenario, m.base, m.args))); };
-    emit({ type: 'ready', chromium: browser.version() });
-    return;
-  }
-  const r = await runScenario(scenario, base, argv('args') ? JSON.parse(argv('args')) : {});
-  emit(r);
-  await quit(r.ok ? 0 : 1);
-}
-
-main().catch((e) => { log(`fatal: ${e.stack || e}`); emit({ type: 'fatal', error: String(e && e.message || e) }); quit(1); });
+main({ tag: 'browser', script: 'page.test.mjs', scenarios: SCENARIOS, runs });
