@@ -69,6 +69,8 @@ class Driver:
     unknown state: it is then stopped (by its PID, with its process group)
     and the next scenario starts a new one."""
 
+    script = SCRIPT  # the Node side (bridge.mjs's protocol)
+
     def __init__(self):
         self.p = None
         self.stderr_lines = []
@@ -78,7 +80,7 @@ class Driver:
         self.lines = queue.Queue()
         env = dict(os.environ, PW_CHROMIUM=CHROMIUM)
         # Its own process group: if it has to be killed, its Chromium goes too.
-        self.p = subprocess.Popen(["node", SCRIPT, "--serve"], cwd=ROOT, env=env,
+        self.p = subprocess.Popen(["node", self.script, "--serve"], cwd=ROOT, env=env,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, bufsize=1,
                                   start_new_session=True)
@@ -147,7 +149,7 @@ class Driver:
             msg = self._next(left, "scenario " + scenario)
             if msg.get("type") == "ask":
                 try:
-                    value = act(stack, msg["action"], msg.get("args") or {})
+                    value = self._act(stack, msg["action"], msg.get("args") or {})
                     self._send({"type": "answer", "seq": msg["seq"], "ok": True, "value": value})
                 except Exception as e:  # reported to the scenario, which fails
                     self._send({"type": "answer", "seq": msg["seq"], "ok": False,
@@ -157,12 +159,16 @@ class Driver:
                     pytest.fail("browser scenario %s failed: %s\n--- driver log ---\n%s"
                                 % (scenario, msg.get("error"), self.log_tail()), pytrace=False)
                 print("%s: %.1fs %s" % (scenario, msg.get("ms", 0) / 1000.0,
-                                        json.dumps(msg.get("details"))[:2000]))
+                                        json.dumps(msg.get("details"))[:3000]))
                 for c in msg.get("consoleErrors") or []:
                     print("  expected console error: " + c[:300])
                 return msg.get("details") or {}
             else:
                 raise AssertionError("unexpected message from the browser driver: %r" % msg)
+
+    def _act(self, stack, action, args):
+        """Do what the Node side asked for; its answer's value."""
+        return act(stack, action, args)
 
     def kill(self):
         """Stop the driver at once (SIGTERM to its group, then SIGKILL)."""

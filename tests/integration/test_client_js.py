@@ -14,9 +14,7 @@ minted here with PyJWT.
 import http.server
 import json
 import os
-import queue
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -190,56 +188,14 @@ class ClientDriver(tb.Driver):
     """test_browser's Node bridge (same protocol, same process handling)
     running client.test.mjs and answering its asks with a Harness."""
 
-    def _start(self):
-        self.lines = queue.Queue()
-        env = dict(os.environ, PW_CHROMIUM=tb.CHROMIUM)
-        # Its own process group: if it has to be killed, its Chromium goes too.
-        self.p = subprocess.Popen(["node", SCRIPT, "--serve"], cwd=ROOT, env=env,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, bufsize=1,
-                                  start_new_session=True)
-        threading.Thread(target=self._pump, args=(self.p.stdout, self.lines.put), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.p.stderr, self._err), daemon=True).start()
-        try:
-            msg = self._next(90, "the browser to start")
-        except AssertionError:
-            self.kill()
-            raise
-        if msg.get("type") != "ready":
-            self.kill()
-            pytest.fail("browser driver did not start: %r\n%s" % (msg, self.log_tail()), pytrace=False)
-        self.chromium = msg.get("chromium")
+    script = SCRIPT
 
     def run(self, scenario, harness, timeout=120, **args):
         self.harness = harness
         return super().run(scenario, harness.stack, timeout, **args)
 
-    def _run(self, scenario, stack, timeout, args):
-        self._send({"type": "run", "scenario": scenario, "base": stack.url(""), "args": args})
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError("scenario %s took over %ds\n%s" % (scenario, timeout, self.log_tail()))
-            msg = self._next(left, "scenario " + scenario)
-            if msg.get("type") == "ask":
-                try:
-                    value = self.harness.act(msg["action"], msg.get("args") or {})
-                    self._send({"type": "answer", "seq": msg["seq"], "ok": True, "value": value})
-                except Exception as e:  # reported to the scenario, which fails
-                    self._send({"type": "answer", "seq": msg["seq"], "ok": False,
-                                "error": "%s: %s" % (type(e).__name__, e)})
-            elif msg.get("type") == "result" and msg.get("scenario") == scenario:
-                if not msg.get("ok"):
-                    pytest.fail("browser scenario %s failed: %s\n--- driver log ---\n%s"
-                                % (scenario, msg.get("error"), self.log_tail()), pytrace=False)
-                print("%s: %.1fs %s" % (scenario, msg.get("ms", 0) / 1000.0,
-                                        json.dumps(msg.get("details"))[:3000]))
-                for c in msg.get("consoleErrors") or []:
-                    print("  expected console error: " + c[:300])
-                return msg.get("details") or {}
-            else:
-                raise AssertionError("unexpected message from the browser driver: %r" % msg)
+    def _act(self, stack, action, args):
+        return self.harness.act(action, args)
 
 
 @pytest.fixture(scope="module")
