@@ -478,13 +478,16 @@
     }
   }
 
-  // ========================================================= EventSource
-  // One stream per token in use (normally one), reopened with every
-  // channel's position when the set changes.
-  class ESTransport {
-    constructor(pw) {
+  // ============================================================== lanes
+  // EventSource and long-poll follow the subscriptions in lanes: one per
+  // token in use (normally one), each carrying every channel of its group.
+  // A subclass opens and closes a lane (openLane(key, group), closeLane(key,
+  // lane)); a lane is {opened, ...}; the transport is up once it and every
+  // lane have been answered.
+  class LaneTransport {
+    constructor(pw, name) {
       this.pw = pw;
-      this.name = "eventsource";
+      this.name = name;
       this.alive = true;
       this.opened = false;
       this.lanes = new Map();    // laneKey -> lane
@@ -496,6 +499,8 @@
     }
     start() { this.update(); }
 
+    // Lanes for the groups of the subscriptions ready now: new ones opened,
+    // ones no group needs closed.
     update() {
       if (!this.alive) return;
       const pw = this.pw;
@@ -508,6 +513,24 @@
       }
       pw._updateState();
     }
+
+    down(info) {
+      if (!this.alive) return;
+      this.pw._tDown(this, info);
+    }
+
+    stop() {
+      if (!this.alive) return;
+      this.alive = false;
+      for (const [k, l] of Array.from(this.lanes)) this.closeLane(k, l);
+    }
+  }
+
+  // ========================================================= EventSource
+  // One stream per token in use (normally one), reopened with every
+  // channel's position when the set changes.
+  class ESTransport extends LaneTransport {
+    constructor(pw) { super(pw, "eventsource"); }
 
     openLane(key, g) {
       const pw = this.pw;
@@ -580,48 +603,13 @@
       }
     }
 
-    down(info) {
-      if (!this.alive) return;
-      this.pw._tDown(this, info);
-    }
-
-    stop() {
-      if (!this.alive) return;
-      this.alive = false;
-      for (const [k, l] of Array.from(this.lanes)) this.closeLane(k, l);
-    }
   }
 
   // =========================================================== long-poll
   // One polling loop per token in use (normally one); a change of the set
   // aborts the held poll and asks again with every position.
-  class LPTransport {
-    constructor(pw) {
-      this.pw = pw;
-      this.name = "longpoll";
-      this.alive = true;
-      this.opened = false;
-      this.lanes = new Map();
-    }
-    isUp() {
-      if (!this.opened) return false;
-      for (const l of this.lanes.values()) if (!l.opened) return false;
-      return true;
-    }
-    start() { this.update(); }
-
-    update() {
-      if (!this.alive) return;
-      const pw = this.pw;
-      const groups = groupByToken(pw, pw._ready());
-      const keys = new Set(groups.map(laneKey));
-      for (const [k, l] of Array.from(this.lanes)) if (!keys.has(k)) this.closeLane(k, l);
-      for (const g of groups) {
-        const k = laneKey(g);
-        if (!this.lanes.has(k)) this.openLane(k, g);
-      }
-      pw._updateState();
-    }
+  class LPTransport extends LaneTransport {
+    constructor(pw) { super(pw, "longpoll"); }
 
     openLane(key, g) {
       const lane = { ctrl: null, opened: false, channels: g.subs.map((s) => s.channel), token: g.token, stopped: false };
@@ -724,16 +712,6 @@
       pw._kick();
     }
 
-    down(info) {
-      if (!this.alive) return;
-      this.pw._tDown(this, info);
-    }
-
-    stop() {
-      if (!this.alive) return;
-      this.alive = false;
-      for (const [k, l] of Array.from(this.lanes)) this.closeLane(k, l);
-    }
   }
 
   const CLASSES = { websocket: WSTransport, eventsource: ESTransport, longpoll: LPTransport };
