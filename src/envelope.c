@@ -119,6 +119,15 @@ void env_error(buf *b, const char *msg)
     buf_puts(b, "}\n");
 }
 
+void env_channel_error(buf *b, const char *msg, const char *channel)
+{
+    buf_puts(b, "{\"error\":");
+    env_json_string(b, msg, strlen(msg));
+    buf_putc(b, ',');
+    put_field_str(b, "channel", channel);
+    buf_puts(b, "}\n");
+}
+
 void env_expired(buf *b, const char *channel)
 {
     buf_puts(b, "{\"type\":\"expired\",");

@@ -45,6 +45,10 @@ void env_publish_ok(buf *b, uint64_t id, const char *channel, const char *epoch)
 /* {"error":MSG} ; msg is escaped. */
 void env_error(buf *b, const char *msg);
 
+/* {"error":MSG,"channel":C}: a refusal that concerns one channel of the
+ * request (a 401/403 on a list of several says which). */
+void env_channel_error(buf *b, const char *msg, const char *channel);
+
 /* The end of a token that opened channel (EventSource event "expired"):
  * {"type":"expired","channel":C,"error":"token expired"} */
 void env_expired(buf *b, const char *channel);

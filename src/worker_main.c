@@ -649,7 +649,10 @@ static int authorize_read(req *r, const api_http *http, const char *channel, tim
     if (auth_check_subscribe(cfg.c.auth, channel, tok, len, auth_now(), expires, &e) == 0)
         return 0;
     W.st.auth_refused++;
-    req_error(r, e.status, e.message, e.status == 401 ? WWW_AUTHENTICATE : NULL);
+    buf body = BUF_INIT;
+    env_channel_error(&body, e.message, channel);
+    req_json(r, e.status, &body, e.status == 401 ? WWW_AUTHENTICATE : NULL);
+    buf_free(&body);
     return -1;
 }
 

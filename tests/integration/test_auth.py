@@ -514,6 +514,23 @@ def test_valid_token_not_granting_the_channel_is_403(main, transport, case):
     assert_refused(subscribe_status(main.s, transport, ch, tok), 403, transport, tok)
 
 
+def test_refusal_of_a_channel_list_names_the_channel(main):
+    """A long-poll or EventSource request on several channels refused for
+    one of them says which, in the body's "channel"."""
+    ok, no = private_channel(), private_channel()
+    tok = main.token(sub=[ok])
+    for accept in (None, "text/event-stream"):
+        headers = {"Authorization": "Bearer " + tok}
+        if accept:
+            headers["Accept"] = accept
+        st, h, b = main.s.get("/status?channel=public-%s,%s,%s&timeout=0" % (ok[-6:], ok, no), headers=headers)
+        doc = json.loads(b)
+        assert st == 403 and doc["channel"] == no and "does not allow" in doc["error"], (accept, st, b)
+        st, h, b = main.s.get("/status?channel=%s,%s&timeout=0" % (ok, no))
+        doc = json.loads(b)
+        assert st == 401 and doc["channel"] == ok and "www-authenticate" in {k.lower() for k in h}, (st, h, b)
+
+
 # ---- 2. subscribing: tokens that work ----------------------------------------------------------
 
 @pytest.mark.parametrize("alg", ["HS256", "ES256"])

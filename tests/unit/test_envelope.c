@@ -343,6 +343,9 @@ static void test_publish_ok_and_error(void **state)
     env_error(&b, "");
     expect_buf(&b, "{\"error\":\"\"}\n");
     buf_free(&b);
+    env_channel_error(&b, "the token does not allow reading this channel", "p:bob");
+    expect_buf(&b, "{\"error\":\"the token does not allow reading this channel\",\"channel\":\"p:bob\"}\n");
+    buf_free(&b);
 }
 
 static void test_push_message_and_reset(void **state)
