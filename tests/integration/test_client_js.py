@@ -327,39 +327,3 @@ def test_auth_errors_and_other_origin(client_browser, shared):
     assert not any(m["content"].startswith("cross-origin") for m in hist["messages"]), hist
     assert d["other"]["privateMessages"] == [], d["other"]
 
-
-def test_readme_pushwire_example(client_browser, shared):
-    """README's pushwire.js page (section Private channels), as a user
-    would run it after the section's curl lines: the token minted as
-    `scripts/mint-token secret --sub 'p:alice' --pub 'p:alice'` is pasted in,
-    `hi` was published on p:alice; the page shows the history, the 403 of
-    the channel it may not read, its own publish, and a later curl publish
-    on the public channel, each once."""
-    import re
-    with open(os.path.join(ROOT, "README.md")) as f:
-        text = f.read()
-    sec = text[text.index("## Private channels"):text.index("## Many channels on one connection")]
-    blocks = re.findall(r"```html\n(.*?)```", sec, re.S)
-    assert len(blocks) == 1, blocks
-    html = blocks[0]
-    assert '"PASTE THE TOKEN HERE"' in html
-    token = shared.keys.mint(subscribe=["p:alice"], publish=["p:alice"], ttl=3600)
-    html = html.replace("PASTE THE TOKEN HERE", token)
-    st, doc = shared.publish("p:alice", "hi", token)
-    assert st == 200 and doc["id"] == 1, (st, doc)
-    d = client_browser.run("readme", shared, html=html,
-                           expect=["p:alice #1: hi", "published #2", "p:alice #2: hello from the browser"],
-                           publish=[{"channel": "general", "content": "yo"}],
-                           expectAfter=[r"^general #\d+: yo$"],
-                           allow=[r"status of 40[34]\b"])
-    # the console errors allowed: the 403 of p:bob's check (and the
-    # browser's own request for a favicon, not always seen as a response)
-    assert set(d["refused"]) - {"404 GET /favicon.ico"} == {"403 GET /status"}, d["refused"]
-    lines = d["lines"]
-    bob = [l for l in lines if l.startswith("p:bob: ")]
-    assert len(bob) == 1 and bob[0].startswith("p:bob: 403 "), lines
-    general = [l for l in lines if l.startswith("general #")]
-    assert len(general) == 1 and general[0].endswith(": yo"), lines
-    assert sorted(lines) == sorted(["p:alice #1: hi", "published #2", "p:alice #2: hello from the browser",
-                                    bob[0], general[0]]), lines
-
