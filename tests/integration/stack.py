@@ -140,7 +140,7 @@ class Stack:
     """nginx + Redis + N workers (+ relays), all on free loopback ports."""
 
     def __init__(self, workers=2, relays=0, worker_args=(), relay_args=(), redis_args=(),
-                 env=None, nginx_env=None, build=None, redis_password=None):
+                 env=None, nginx_env=None, build=None, redis_password=None, relay_unix=False):
         self.dir = tempfile.mkdtemp(prefix="pw-it-")
         self.nworkers, self.nrelays = workers, relays
         self.worker_args, self.relay_args = list(worker_args), list(relay_args)
@@ -155,6 +155,7 @@ class Stack:
         self.nginx = None
         self.build = build  # None: the sanitizer build (BUILD)
         self.redis_password = redis_password  # Redis runs with --requirepass
+        self.relay_unix = relay_unix  # relays listen on unix sockets (nginx reaches them there)
         self.exit_codes = {}
 
     # ---- environment ------------------------------------------------------
@@ -226,7 +227,7 @@ class Stack:
         if i >= len(self.relay_ports):
             self.relay_ports.append(free_port())
             self.relay_metrics.append(free_port())
-        argv = [os.path.join(build or self.build or BUILD, "pushwire-relay"), "--listen", "127.0.0.1:%d" % self.relay_ports[i],
+        argv = [os.path.join(build or self.build or BUILD, "pushwire-relay"), "--listen", self.relay_addr(i),
                 "--metrics", "127.0.0.1:%d" % self.relay_metrics[i], "--id", "r%d" % i] + \
             self.relay_args + list(extra)
         p = Proc("relay-%d" % i, argv, self.path("relay-%d.log" % i), self.env()).start()
@@ -238,6 +239,12 @@ class Stack:
                  not self.redis.alive(), what="relay %d to reach Redis" % i)
         return p
 
+    def relay_addr(self, i):
+        """Where relay i listens: 127.0.0.1:relay_ports[i], or a unix socket."""
+        if self.relay_unix:
+            return "unix:" + self.path("relay-%d.sock" % i)
+        return "127.0.0.1:%d" % self.relay_ports[i]
+
     @staticmethod
     def redis_up(m):
         """Both Redis connections of a process ready, from its metrics."""
@@ -248,7 +255,7 @@ class Stack:
         env = dict(os.environ)
         env.update({
             "WORKER_ADDRS": " ".join("unix:" + self.worker_sock(i) for i in range(self.nworkers)),
-            "RELAY_ADDRS": " ".join("127.0.0.1:%d" % p for p in self.relay_ports),
+            "RELAY_ADDRS": " ".join(self.relay_addr(i) for i in range(len(self.relay_ports))),
             "LISTEN": "127.0.0.1:%d" % self.port,
             "CHAT_RATE": "100000",
             "CHAT_BURST": "100000",
