@@ -30,6 +30,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from clients import nginx_workers, rss_kb  # noqa: E402
 from stack import Stack  # noqa: E402
 
 ROUNDS = 3
@@ -52,28 +53,6 @@ def cpu_s(pids):
         except OSError:
             pass
     return total
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def nginx_pids(stack):
-    out = [stack.nginx.pid]
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open("/proc/%s/stat" % name) as f:
-                    st = f.read()
-            except OSError:
-                continue
-            if int(st.rsplit(")", 1)[1].split()[1]) == stack.nginx.pid and "(nginx)" in st:
-                out.append(int(name))
-    return out
 
 
 # ---- keys and tokens --------------------------------------------------------------
@@ -166,7 +145,7 @@ def token_cost(build, seconds=3):
                     "Authorization": "Bearer " + jwt_publisher(d)})
                 assert st == 200, (st, doc)
                 workers = [w.pid for w in s.workers]
-                every = workers + nginx_pids(s) + [s.redis.pid]
+                every = workers + [s.nginx.pid] + nginx_workers(s.nginx.pid) + [s.redis.pid]
                 samples = {v[0]: [] for v in variants}
                 script = os.path.join(d, "polls.lua")
                 for _ in range(ROUNDS):
@@ -243,10 +222,10 @@ def channel_memory_one(build, transport, conns, k):
             headers = "Accept: text/event-stream\r\n"
             ready = b"HTTP/1.1 200"
             metrics = lambda: sum(s.metrics(i)["pushwire_subscribers"] for i in range(len(s.workers)))  # noqa: E731
-        ngx = nginx_pids(s)
+        ngx = [s.nginx.pid] + nginx_workers(s.nginx.pid)
         time.sleep(0.5)
-        before = sum(rss_kib(p) for p in procs)
-        ngx_before = sum(rss_kib(p) for p in ngx)
+        before = sum(rss_kb(p) for p in procs)
+        ngx_before = sum(rss_kb(p) for p in ngx)
         loop = asyncio.new_event_loop()
         try:
             writers = loop.run_until_complete(hold(port, "/status?channel=%s" % chans, headers, conns, ready))
@@ -255,8 +234,8 @@ def channel_memory_one(build, transport, conns, k):
                 time.sleep(0.2)
             subs = metrics()
             time.sleep(0.5)
-            after = sum(rss_kib(p) for p in procs)
-            ngx_after = sum(rss_kib(p) for p in ngx)
+            after = sum(rss_kb(p) for p in procs)
+            ngx_after = sum(rss_kb(p) for p in ngx)
             for w in writers:
                 w.close()
         finally:
