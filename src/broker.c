@@ -19,6 +19,7 @@
 #include "log.h"
 #include "lua_scripts.h"
 #include "redis_conn.h"
+#include "sentinel_watch.h"
 
 /* A command of ours in flight: how to read its reply, whom to tell, and
  * (for scripts) the arguments again for a retry with EVAL after NOSCRIPT. */
@@ -40,12 +41,15 @@ struct broker {
     broker_hooks hooks;
     char prefix[64];
     redis_conn cmdc, subc;
+    sentinel_watch watch; /* Sentinel URLs only */
+    bool watching;
     timer heartbeat, probe;
     /* Handshake facts about the server behind cmdc. */
     char run_id[64];
     bool aof_on, fsync_always, master, replid2_zero;
+    unsigned replicas; /* connected_slaves */
     int handshake_left;
-    char sha_publish[41], sha_read[41];
+    char sha_publish[41], sha_read[41], sha_commit[41];
     /* Liveness of the pub/sub connection. */
     char ping_channel[160];
     bool ping_subscribed;
@@ -175,6 +179,20 @@ static void copy_str(char *dst, size_t cap, const redisReply *r)
 
 static void ignore_reply(broker *b, op *o, redisReply *r) { (void)b, (void)o, (void)r; }
 
+/* "1" when the server behind the command connection cannot have lost a
+ * write it acknowledged: an append-only file synced on every write, and a
+ * master that was not promoted from a replica (master_replid2 all zeros);
+ * or, with replicated publishing, a promoted replica (it has every
+ * committed message, and readers never saw any other). */
+static const char *lossless_flag(const broker *b)
+{
+    if (!b->master)
+        return "0";
+    if (b->aof_on && b->fsync_always && b->replid2_zero)
+        return "1";
+    return b->cfg.wait_replicas && !b->replid2_zero ? "1" : "0";
+}
+
 /* ---- the command connection's handshake ------------------------------------ */
 
 /* Value of "key:" in an INFO section, copied into out. */
@@ -198,7 +216,15 @@ static void info_field(const char *info, const char *key, char *out, size_t cap)
     }
 }
 
-enum hs_step { HS_INFO_SERVER, HS_INFO_REPL, HS_AOF, HS_FSYNC, HS_LOAD_PUB, HS_LOAD_READ };
+enum hs_step {
+    HS_INFO_SERVER,
+    HS_INFO_REPL,
+    HS_AOF,
+    HS_FSYNC,
+    HS_LOAD_PUB,
+    HS_LOAD_READ,
+    HS_LOAD_COMMIT
+};
 
 static void handshake_reply(broker *b, op *o, redisReply *r)
 {
@@ -225,6 +251,14 @@ static void handshake_reply(broker *b, op *o, redisReply *r)
             b->master = strcmp(v, "master") == 0;
             info_field(r->str, "master_replid2", v, sizeof v);
             b->replid2_zero = v[0] && strspn(v, "0") == strlen(v);
+            info_field(r->str, "connected_slaves", v, sizeof v);
+            b->replicas = (unsigned)strtoul(v, NULL, 10);
+        }
+        if (redis_url_is_sentinel(&b->cfg.url) && !b->master) {
+            /* A sentinel's answer can be stale (a failover under way, the
+             * old master back as a replica): never write to a replica. */
+            rc_fail(conn, "the server the sentinel named is not a master (yet)");
+            return;
         }
         break;
     case HS_AOF:
@@ -239,8 +273,12 @@ static void handshake_reply(broker *b, op *o, redisReply *r)
         break;
     case HS_LOAD_PUB:
     case HS_LOAD_READ:
+    case HS_LOAD_COMMIT:
         if (r->type == REDIS_REPLY_STRING && r->len == 40)
-            memcpy(step == HS_LOAD_PUB ? b->sha_publish : b->sha_read, r->str, 41);
+            memcpy(step == HS_LOAD_PUB    ? b->sha_publish
+                   : step == HS_LOAD_READ ? b->sha_read
+                                          : b->sha_commit,
+                   r->str, 41);
         break;
     }
     if (--b->handshake_left == 0) {
@@ -356,6 +394,8 @@ static void conn_handshake(void *ctx, redis_conn *c)
     handshake_send(b, HS_LOAD_PUB, 3, lp);
     const char *lr[3] = {"SCRIPT", "LOAD", lua_read};
     handshake_send(b, HS_LOAD_READ, 3, lr);
+    const char *lc[3] = {"SCRIPT", "LOAD", lua_commit};
+    handshake_send(b, HS_LOAD_COMMIT, 3, lc);
 }
 
 static void conn_up(void *ctx, redis_conn *c)
@@ -363,10 +403,18 @@ static void conn_up(void *ctx, redis_conn *c)
     broker *b = ctx;
     if (c == &b->cmdc) {
         b->stats.cmd_connects++;
-        bool lossless = b->aof_on && b->fsync_always && b->master && b->replid2_zero;
-        log_info("redis commands connected (run_id %.12s, %s)", b->run_id,
-                 lossless ? "appendfsync always: restarts keep epochs"
-                          : "restarts of this server start a new epoch");
+        bool lossless = strcmp(lossless_flag(b), "1") == 0;
+        log_info("redis commands connected (run_id %.12s, %s%s)", b->run_id,
+                 b->replid2_zero ? "" : "promoted replica, ",
+                 lossless ? "epochs kept" : "a new epoch if this server lost writes");
+        if (b->cfg.wait_replicas && b->replicas < b->cfg.wait_replicas)
+            log_warn("redis has %u replicas connected, fewer than --redis-wait-replicas %u: "
+                     "publishes fail until enough are",
+                     b->replicas, b->cfg.wait_replicas);
+        else if (b->cfg.wait_replicas && b->replicas > b->cfg.wait_replicas)
+            log_warn("redis has %u replicas and publishes wait for %u: a failover to a replica "
+                     "that had not confirmed may lose messages",
+                     b->replicas, b->cfg.wait_replicas);
         timer_start(b->l, &b->heartbeat, 0); /* announce ourselves now */
         if (b->hooks.cmd_up)
             b->hooks.cmd_up(b->hooks.ctx);
@@ -392,6 +440,22 @@ static void conn_down(void *ctx, redis_conn *c, bool was_ready, const char *why)
         b->stats.cmd_failures++;
         if (was_ready && b->hooks.cmd_down)
             b->hooks.cmd_down(b->hooks.ctx);
+    }
+}
+
+/* A sentinel announced that the master moved: drop connections to anywhere
+ * else and reconnect now (each asks a sentinel again). */
+static void master_switched(void *ctx, const redis_hostport *m)
+{
+    broker *b = ctx;
+    redis_conn *conns[2] = {&b->cmdc, &b->subc};
+    for (int i = 0; i < 2; i++) {
+        redis_conn *c = conns[i];
+        const redis_hostport *t = rc_target(c);
+        bool there = !c->asking && strcmp(t->host, m->host) == 0 && t->port == m->port;
+        if (c->state != RC_DOWN && !there)
+            rc_fail(c, "a sentinel announced a failover");
+        rc_retry_now(c);
     }
 }
 
@@ -503,14 +567,6 @@ static void rand_hex(char *out, size_t nbytes)
         out[2 * i + 1] = hex[r[i] & 15];
     }
     out[2 * nbytes] = '\0';
-}
-
-/* "1" when the server behind the command connection cannot have lost a
- * write it acknowledged: an append-only file synced on every write, and a
- * master that was not promoted from a replica (master_replid2 all zeros). */
-static const char *lossless_flag(const broker *b)
-{
-    return b->aof_on && b->fsync_always && b->master && b->replid2_zero ? "1" : "0";
 }
 
 /* ---- presence -------------------------------------------------------------------- */
@@ -662,6 +718,98 @@ int broker_channel_list(broker *b, broker_list_cb *cb, void *arg)
     return op_send(b, 5, argv, lens, list_reply, (void *)cb, arg, NULL);
 }
 
+static void pub_done(broker *b, broker_pub_cb *cb, void *arg, broker_pub_result *res)
+{
+    if (res->err) {
+        b->stats.publish_errors++;
+        log_warn("publish failed: %s", res->errmsg);
+    }
+    cb(arg, res);
+}
+
+/* Replicated publishing (broker.h): stored; then WAIT, then commit.lua. */
+typedef struct pub_repl {
+    broker_pub_cb *cb;
+    void *arg;
+    broker_pub_result res;
+    char channel[PW_CHANNEL_MAX + 1];
+} pub_repl;
+
+static void repl_fail(broker *b, pub_repl *pr, int err, const char *why)
+{
+    pr->res.err = err;
+    pr->res.errmsg = why;
+    pub_done(b, pr->cb, pr->arg, &pr->res);
+    free(pr);
+}
+
+static void commit_reply(broker *b, op *o, redisReply *r)
+{
+    if (is_noscript(r) && retry_with_eval(b, o))
+        return;
+    pub_repl *pr = o->user_arg;
+    if (!r) {
+        repl_fail(b, pr, BROKER_EUNAVAIL, "Redis connection lost before the commit");
+    } else if (!pr->res.duplicate && (r->type != REDIS_REPLY_INTEGER || r->integer != 1)) {
+        /* (A duplicate's first attempt may be of an epoch gone since: it
+         * is acknowledged as before, as without replicated publishing.) */
+        repl_fail(b, pr, BROKER_EREDIS,
+                  r->type == REDIS_REPLY_ERROR ? r->str : "the channel changed before the commit");
+    } else {
+        pub_done(b, pr->cb, pr->arg, &pr->res);
+        free(pr);
+    }
+}
+
+static void wait_reply(broker *b, op *o, redisReply *r)
+{
+    pub_repl *pr = o->user_arg;
+    if (!r || r->type != REDIS_REPLY_INTEGER) {
+        repl_fail(b, pr, BROKER_EUNAVAIL,
+                  r && r->type == REDIS_REPLY_ERROR ? r->str : "Redis connection lost during WAIT");
+        return;
+    }
+    if (r->integer < (long long)b->cfg.wait_replicas) {
+        b->stats.wait_shortfalls++;
+        repl_fail(b, pr, BROKER_EUNAVAIL, "fewer replicas than --redis-wait-replicas confirmed");
+        return;
+    }
+    const char *p = b->prefix;
+    char k_meta[160], k_hist[160], k_srv[80], pubch[160], id[24];
+    snprintf(k_srv, sizeof k_srv, "%sserver", p);
+    snprintf(k_meta, sizeof k_meta, "%sch:%s", p, pr->channel);
+    snprintf(k_hist, sizeof k_hist, "%sh:%s", p, pr->channel);
+    snprintf(pubch, sizeof pubch, "%smsg:%s", p, pr->channel);
+    snprintf(id, sizeof id, "%llu", (unsigned long long)pr->res.id);
+    const char *argv[10] = {"EVALSHA", b->sha_commit, "3",           k_srv, k_meta,
+                            k_hist,    b->run_id,     pr->res.epoch, id,    pubch};
+    size_t lens[10];
+    for (int i = 0; i < 10; i++)
+        lens[i] = strlen(argv[i]);
+    if (op_send(b, 10, argv, lens, commit_reply, NULL, pr, lua_commit) < 0)
+        repl_fail(b, pr, BROKER_EUNAVAIL, "Redis connection lost before the commit");
+}
+
+/* The publish script stored the message (or found it stored before, for a
+ * duplicate): wait for the replicas, then commit. The WAIT blocks this
+ * connection only; back-to-back WAITs after one write return at once. */
+static void replicate(broker *b, op *o, const broker_pub_result *res)
+{
+    pub_repl *pr = xcalloc(1, sizeof *pr);
+    pr->cb = (broker_pub_cb *)o->user_cb;
+    pr->arg = o->user_arg;
+    pr->res = *res;
+    /* The channel is in the publish's kept arguments: KEYS[2] is
+     * PREFIXch:CHANNEL. */
+    snprintf(pr->channel, sizeof pr->channel, "%s", o->argv[4] + strlen(b->prefix) + 3);
+    char n[16], ms[16];
+    snprintf(n, sizeof n, "%u", b->cfg.wait_replicas);
+    snprintf(ms, sizeof ms, "%u", b->cfg.timeout_ms / 2 ? b->cfg.timeout_ms / 2 : 1);
+    const char *argv[3] = {"WAIT", n, ms};
+    if (op_simple(b, 3, argv, wait_reply, NULL, pr) < 0)
+        repl_fail(b, pr, BROKER_EUNAVAIL, "Redis connection lost before WAIT");
+}
+
 static void publish_reply(broker *b, op *o, redisReply *r)
 {
     if (is_noscript(r) && retry_with_eval(b, o))
@@ -684,11 +832,11 @@ static void publish_reply(broker *b, op *o, redisReply *r)
         res.id = (uint64_t)id;
         res.duplicate = dup != 0;
     }
-    if (res.err) {
-        b->stats.publish_errors++;
-        log_warn("publish failed: %s", res.errmsg);
+    if (!res.err && b->cfg.wait_replicas) {
+        replicate(b, o, &res);
+        return;
     }
-    ((broker_pub_cb *)o->user_cb)(o->user_arg, &res);
+    pub_done(b, (broker_pub_cb *)o->user_cb, o->user_arg, &res);
 }
 
 int broker_publish(broker *b, const char *channel, const char *json, size_t json_len,
@@ -712,13 +860,13 @@ int broker_publish(broker *b, const char *channel, const char *json, size_t json
     snprintf(ttl, sizeof ttl, "%u", b->cfg.history_ttl);
     snprintf(hist, sizeof hist, "%u", b->cfg.history);
     snprintf(idem_ttl, sizeof idem_ttl, "%u", b->cfg.idem_ttl);
-    const char *argv[17] = {"EVALSHA", b->sha_publish, "4", k_srv, k_meta, k_hist, k_idem,
+    const char *argv[18] = {"EVALSHA", b->sha_publish, "4", k_srv, k_meta, k_hist, k_idem,
                             b->run_id, lossless_flag(b), gen, ep, ttl, json, hist, pubch,
-                            idem_key ? "1" : "0", idem_ttl};
-    size_t lens[17];
-    for (int i = 0; i < 17; i++)
+                            idem_key ? "1" : "0", idem_ttl, b->cfg.wait_replicas ? "1" : "0"};
+    size_t lens[18];
+    for (int i = 0; i < 18; i++)
         lens[i] = i == 12 ? json_len : strlen(argv[i]);
-    if (op_send(b, 17, argv, lens, publish_reply, (void *)cb, arg, lua_publish) < 0)
+    if (op_send(b, 18, argv, lens, publish_reply, (void *)cb, arg, lua_publish) < 0)
         return -1;
     b->stats.publishes++;
     return 0;
@@ -804,13 +952,13 @@ int broker_read(broker *b, const char *channel, bool has_since, uint64_t since, 
     snprintf(ttl, sizeof ttl, "%u", b->cfg.history_ttl < 60 ? b->cfg.history_ttl : 60);
     snprintf(s_since, sizeof s_since, "%llu", (unsigned long long)since);
     snprintf(s_budget, sizeof s_budget, "%zu", budget);
-    const char *argv[15] = {"EVALSHA", b->sha_read, "3", k_srv, k_meta, k_hist, b->run_id,
+    const char *argv[16] = {"EVALSHA", b->sha_read, "3", k_srv, k_meta, k_hist, b->run_id,
                             lossless_flag(b), gen, ep, ttl, has_since ? "1" : "0", s_since,
-                            epoch ? epoch : "", s_budget};
-    size_t lens[15];
-    for (int i = 0; i < 15; i++)
+                            epoch ? epoch : "", s_budget, b->cfg.wait_replicas ? "1" : "0"};
+    size_t lens[16];
+    for (int i = 0; i < 16; i++)
         lens[i] = strlen(argv[i]);
-    if (op_send(b, 15, argv, lens, read_reply, (void *)cb, arg, lua_read) < 0)
+    if (op_send(b, 16, argv, lens, read_reply, (void *)cb, arg, lua_read) < 0)
         return -1;
     b->stats.reads++;
     return 0;
@@ -833,6 +981,10 @@ broker *broker_new(loop *l, const broker_config *cfg, const broker_hooks *hooks)
                           .push = sub_push};
     rc_init(&b->cmdc, l, &b->cfg.url, "commands", cfg->timeout_ms, false, &h);
     rc_init(&b->subc, l, &b->cfg.url, "pub/sub", cfg->timeout_ms, true, &h);
+    if (redis_url_is_sentinel(&b->cfg.url)) {
+        sw_init(&b->watch, l, &b->cfg.url, cfg->timeout_ms, master_switched, b);
+        b->watching = true;
+    }
     b->heartbeat.cb = heartbeat_cb;
     b->probe.cb = probe_cb;
     char id[17];
@@ -845,6 +997,8 @@ void broker_start(broker *b)
 {
     rc_start(&b->cmdc);
     rc_start(&b->subc);
+    if (b->watching)
+        sw_start(&b->watch);
     timer_start(b->l, &b->probe, 100);
     timer_start(b->l, &b->heartbeat, 0);
 }
@@ -856,6 +1010,8 @@ void broker_free(broker *b)
     memset(&b->hooks, 0, sizeof b->hooks);
     rc_free(&b->cmdc);
     rc_free(&b->subc);
+    if (b->watching)
+        sw_free(&b->watch);
     timer_stop(b->l, &b->probe);
     timer_stop(b->l, &b->heartbeat);
     free(b);

@@ -26,6 +26,14 @@ typedef struct broker_config {
     unsigned history_ttl;   /* seconds an idle channel is kept */
     unsigned idem_ttl;      /* seconds an Idempotency-Key is remembered */
     unsigned heartbeat_ms;  /* heartbeat key refresh and pub/sub liveness probe */
+    /* Replicated publishing: a message is stored, then WAITed for until
+     * this many replicas have it (at most timeout_ms / 2), and only then
+     * committed: published on pub/sub, readable, acknowledged. Readers
+     * never see an uncommitted message, so a failover to a replica that
+     * had every committed message loses nothing anyone saw, and the epoch
+     * is kept (lib.lua's gen_of is told the promoted server is lossless).
+     * 0: publish at once (a failover then starts a new epoch). */
+    unsigned wait_replicas;
     const char *proc_kind;  /* "worker" or "relay": heartbeat key namespace */
     const char *proc_id;    /* unique per process, e.g. "host:pid" */
 } broker_config;
@@ -51,6 +59,7 @@ typedef struct broker_stats {
     uint64_t timeouts;     /* stalls detected by the watchdog */
     uint64_t publishes, publish_errors, reads, read_errors;
     uint64_t pubsub_messages;
+    uint64_t wait_shortfalls; /* publishes failed: fewer replicas confirmed than asked */
 } broker_stats;
 
 /* The broker copies cfg (strings must outlive it) and hooks. */

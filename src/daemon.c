@@ -15,7 +15,12 @@ void daemon_options(opt_def *out, daemon_common *c)
 {
     const opt_def defs[DAEMON_COMMON_OPTIONS] = {
         {"redis", "REDIS_URL", OPT_URL, &c->redis, 0, 0, "URL",
-         "Redis: redis://[[user]:pass@]host[:port][/db] or unix:///path[?db=N]"},
+         "Redis: redis://[[user]:pass@]host[:port][/db], unix:///path[?db=N] or "
+         "redis+sentinel://[[user]:pass@]host[:port][,host[:port]...]/master[/db]"
+         "[?sentinel_password=PW]"},
+        {"redis-wait-replicas", "PW_REDIS_WAIT_REPLICAS", OPT_UINT, &c->wait_replicas, 0, 64, "N",
+         "acknowledge and deliver a publish only once N replicas have it (WAIT): a failover then "
+         "keeps epochs and loses nothing (the same in every process)"},
         {"prefix", "PW_PREFIX", OPT_STR, &c->prefix, 0, 0, "STR",
          "prefix of every Redis key and pub/sub channel (the same in every process)"},
         {"redis-timeout", "PW_REDIS_TIMEOUT", OPT_UINT, &c->redis_timeout, 50, 600000, "MS",
@@ -117,6 +122,7 @@ static broker_config daemon_broker_config(const daemon_common *c, const redis_ur
                        .history = history,
                        .history_ttl = c->history_ttl,
                        .idem_ttl = 600,
+                       .wait_replicas = c->wait_replicas,
                        .heartbeat_ms = c->heartbeat_ms,
                        .proc_kind = kind,
                        .proc_id = c->id};

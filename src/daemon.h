@@ -22,6 +22,7 @@ typedef struct daemon_common {
     const char *redis, *prefix, *metrics, *id;
     unsigned redis_timeout, heartbeat_ms, history_ttl, backlog;
     unsigned max_channels, max_reads;
+    unsigned wait_replicas;
     enum log_level log_level;
     /* Who may read and publish what (auth.h), and which browser origins
      * may open WebSockets and publish (origin.h). */
@@ -41,7 +42,7 @@ typedef struct daemon_common {
         .jwt_audience = "", .jwt_issuer = "", .jwt_leeway = 0,                                     \
     }
 
-#define DAEMON_COMMON_OPTIONS 18
+#define DAEMON_COMMON_OPTIONS 19
 
 /* Write the shared option definitions (DAEMON_COMMON_OPTIONS of them) into
  * out; they point into c. */

@@ -12,5 +12,6 @@ extern const char lua_heartbeat[]; /* heartbeat.lua */
 extern const char lua_procs[];     /* procs.lua */
 extern const char lua_info[];      /* lib.lua + info.lua */
 extern const char lua_channels[];  /* channels.lua */
+extern const char lua_commit[];    /* commit.lua */
 
 #endif

@@ -100,7 +100,7 @@ static void inflight_reply(redisAsyncContext *ac, void *reply, void *privdata)
 int rc_send(redis_conn *c, int argc, const char **argv, const size_t *lens, rc_reply_cb *cb,
             void *arg)
 {
-    if (!c->ac || c->pubsub)
+    if (!c->ac || c->pubsub || c->asking)
         return -1;
     rc_inflight *f = xcalloc(1, sizeof *f);
     f->cb = cb;
@@ -129,7 +129,7 @@ static void push_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 int rc_push_send(redis_conn *c, int argc, const char **argv, const size_t *lens)
 {
-    if (!c->ac || !c->pubsub)
+    if (!c->ac || !c->pubsub || c->asking)
         return -1;
     return redisAsyncCommandArgv(c->ac, push_reply, NULL, argc, argv, lens) == REDIS_OK ? 0 : -1;
 }
@@ -187,11 +187,14 @@ static void conn_lost(redis_conn *c, const char *why)
     timer_stop(c->l, &c->deadline);
     c->failures++;
     c->losses++;
+    if (c->asking)
+        c->sentinel_next++; /* the next attempt asks another sentinel */
+    c->have_answer = false;
     if (was_ready)
         log_warn("redis %s connection lost: %s", c->name, why);
     else if (c->failures == 1 || log_current_level >= LOG_DEBUG)
-        log_warn("redis %s connection to %s failed: %s", c->name,
-                 c->url->path[0] ? c->url->path : c->url->host, why);
+        log_warn("redis %s connection to %s%s:%d failed: %s", c->name, c->asking ? "sentinel " : "",
+                 c->url->path[0] ? c->url->path : c->target.host, c->target.port, why);
     unsigned ms = backoff_ms(c->failures);
     c->next_attempt = loop_now(c->l) + ms;
     timer_start(c->l, &c->retry, ms);
@@ -220,7 +223,7 @@ static void connect_to(redis_conn *c, const char *addr)
 {
     const redis_url *u = c->url;
     redisAsyncContext *ac = u->path[0] ? redisAsyncConnectUnix(u->path)
-                                        : redisAsyncConnect(addr, u->port);
+                                        : redisAsyncConnect(addr, c->target.port);
     if (!ac || ac->err) {
         char why[128];
         snprintf(why, sizeof why, "%s", ac ? ac->errstr : "out of memory");
@@ -279,7 +282,7 @@ static void lookup_poll_cb(loop *l, timer *t)
         return; /* a lookup that outlived its attempt: only reaped */
     if (!addr[0]) {
         char why[400];
-        snprintf(why, sizeof why, "cannot resolve %s: %s", c->url->host,
+        snprintf(why, sizeof why, "cannot resolve %s: %s", c->target.host,
                  rc ? gai_strerror(rc) : "no address");
         conn_lost(c, why);
         return;
@@ -293,12 +296,30 @@ static bool is_numeric(const char *host)
     return inet_pton(AF_INET, host, tmp) == 1 || inet_pton(AF_INET6, host, tmp) == 1;
 }
 
+/* Where this run of the attempt goes (see the header). */
+static void choose_target(redis_conn *c)
+{
+    const redis_url *u = c->url;
+    c->asking = false;
+    if (!redis_url_is_sentinel(u)) {
+        snprintf(c->target.host, sizeof c->target.host, "%s", u->host);
+        c->target.port = u->port;
+    } else if (c->have_answer) {
+        c->have_answer = false; /* a failure of this run asks again */
+        c->target = c->answer;
+    } else {
+        c->asking = true;
+        c->target = u->sentinels[c->sentinel_next % (unsigned)u->nsentinels];
+    }
+}
+
 static void conn_connect(redis_conn *c)
 {
     timer_start(c->l, &c->deadline, c->timeout_ms);
-    if (c->url->path[0] || is_numeric(c->url->host)) {
+    choose_target(c);
+    if (c->url->path[0] || is_numeric(c->target.host)) {
         c->state = RC_CONNECTING; /* so that a failure counts */
-        connect_to(c, c->url->host);
+        connect_to(c, c->target.host);
         return;
     }
     c->state = RC_RESOLVING;
@@ -306,7 +327,7 @@ static void conn_connect(redis_conn *c)
     if (c->lookup)
         return; /* the previous attempt's lookup is still out: take its answer */
     struct rc_lookup *lk = xcalloc(1, sizeof *lk);
-    snprintf(lk->name, sizeof lk->name, "%s", c->url->host);
+    snprintf(lk->name, sizeof lk->name, "%s", c->target.host);
     lk->hints.ai_family = AF_UNSPEC;
     lk->hints.ai_socktype = SOCK_STREAM;
     lk->cb.ar_name = lk->name;
@@ -317,7 +338,7 @@ static void conn_connect(redis_conn *c)
     if (rc != 0) {
         lookup_free(lk);
         char why[400];
-        snprintf(why, sizeof why, "cannot resolve %s: %s", c->url->host, gai_strerror(rc));
+        snprintf(why, sizeof why, "cannot resolve %s: %s", c->target.host, gai_strerror(rc));
         conn_lost(c, why);
         return;
     }
@@ -379,6 +400,75 @@ static void handshake_start(redis_conn *c)
     c->hooks.handshake(c->hooks.ctx, c);
 }
 
+/* ---- asking a sentinel ------------------------------------------------------ */
+
+static void sentinel_auth_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)privdata;
+    redis_conn *c = ac->data;
+    redisReply *r = reply;
+    if (r && c->ac == ac && r->type == REDIS_REPLY_ERROR) {
+        char why[160];
+        snprintf(why, sizeof why, "sentinel AUTH refused: %s", r->str);
+        rc_fail(c, why);
+    }
+}
+
+/* SENTINEL get-master-addr-by-name answers [ip, port], or nil when the
+ * sentinel does not know the master (yet). */
+static void sentinel_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)privdata;
+    redis_conn *c = ac->data;
+    redisReply *r = reply;
+    if (!r || c->ac != ac || !c->asking)
+        return;
+    int port = 0;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING &&
+        r->element[0]->len > 0 && r->element[0]->len < sizeof c->answer.host)
+        port = atoi(r->element[1]->str);
+    if (port <= 0 || port > 65535) {
+        char why[200];
+        snprintf(why, sizeof why, "sentinel does not know master %s%s%s", c->url->master_name,
+                 r->type == REDIS_REPLY_ERROR ? ": " : "",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "");
+        rc_fail(c, why);
+        return;
+    }
+    redis_hostport a = {.port = port};
+    memcpy(a.host, r->element[0]->str, r->element[0]->len);
+    if (strcmp(a.host, c->answer.host) != 0 || a.port != c->answer.port)
+        log_info("redis %s: sentinel %s:%d says master %s is at %s:%d", c->name, c->target.host,
+                 c->target.port, c->url->master_name, a.host, a.port);
+    c->answer = a;
+    c->have_answer = true;
+    /* Close the sentinel connection (hiredis frees it once this callback
+     * returns) and connect to the master from a timer, when the watch no
+     * longer belongs to the closing context. */
+    c->ac = NULL;
+    redisAsyncFree(ac);
+    c->w.fd = -1;
+    c->w.events = 0;
+    c->state = RC_DOWN;
+    c->asking = false;
+    timer_stop(c->l, &c->deadline);
+    timer_start(c->l, &c->retry, 0);
+}
+
+static void sentinel_ask(redis_conn *c)
+{
+    const redis_url *u = c->url;
+    if (u->sentinel_password[0]) {
+        const char *argv[2] = {"AUTH", u->sentinel_password};
+        size_t lens[2] = {4, strlen(u->sentinel_password)};
+        redisAsyncCommandArgv(c->ac, sentinel_auth_reply, NULL, 2, argv, lens);
+    }
+    const char *argv[3] = {"SENTINEL", "get-master-addr-by-name", u->master_name};
+    size_t lens[3] = {8, 23, strlen(u->master_name)};
+    redisAsyncCommandArgv(c->ac, sentinel_reply, NULL, 3, argv, lens);
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     redis_conn *c = ac->data;
@@ -394,7 +484,10 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     c->state = RC_HANDSHAKE;
-    handshake_start(c);
+    if (c->asking)
+        sentinel_ask(c);
+    else
+        handshake_start(c);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -419,6 +512,12 @@ void rc_ready(redis_conn *c)
     timer_stop(c->l, &c->deadline);
     if (c->hooks.up)
         c->hooks.up(c->hooks.ctx, c);
+}
+
+void rc_retry_now(redis_conn *c)
+{
+    if (c->state == RC_DOWN && c->ac == NULL)
+        timer_start(c->l, &c->retry, 0);
 }
 
 unsigned rc_retry_after_ms(const redis_conn *c)

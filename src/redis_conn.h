@@ -9,6 +9,13 @@
  * connect would call a blocking getaddrinfo: with Redis's container gone,
  * the loop froze for seconds on every attempt).
  *
+ * With a Sentinel URL every attempt first asks a sentinel (the next one in
+ * the list after a failure) for the master's address, over a connection of
+ * its own that closes with the answer, then connects there: the attempt is
+ * the same state machine run twice, with `asking` set on the first run.
+ * Asking again on every attempt is what follows a failover when nothing
+ * else told us (the broker's +switch-master watch tells sooner).
+ *
  * States: DOWN -> RESOLVING (names only) -> CONNECTING -> HANDSHAKE -> READY.
  * Anything failing (a refused connect, a command unanswered within the
  * timeout, a deadline passed in any state before READY) goes to DOWN and
@@ -57,6 +64,13 @@ struct redis_conn {
     const char *name; /* "commands" / "pub/sub", for logs */
     unsigned timeout_ms;
     bool pubsub; /* replies are pushes: no watchdog on them */
+    /* Where this attempt connects: the URL's host, a sentinel (asking), or
+     * the master a sentinel named. */
+    redis_hostport target;
+    bool asking;            /* this run of the attempt asks a sentinel */
+    bool have_answer;       /* the next run connects to `answer` */
+    redis_hostport answer;  /* the master's address from the last sentinel asked */
+    unsigned sentinel_next; /* which sentinel to ask next */
     redis_conn_hooks hooks;
     struct redisAsyncContext *ac;
     io_watch w;
@@ -94,7 +108,12 @@ void rc_fail(redis_conn *c, const char *why);
 
 static inline bool rc_is_ready(const redis_conn *c) { return c->state == RC_READY; }
 /* Can take commands now (READY, or HANDSHAKE for the owner's handshake). */
-static inline bool rc_can_send(const redis_conn *c) { return c->ac != NULL; }
+static inline bool rc_can_send(const redis_conn *c) { return c->ac != NULL && !c->asking; }
+/* The next attempt now rather than after its backoff (a failover was
+ * announced); nothing when an attempt is under way or the connection is up. */
+void rc_retry_now(redis_conn *c);
+/* The address this connection is (or was last) connected or connecting to. */
+static inline const redis_hostport *rc_target(const redis_conn *c) { return &c->target; }
 /* Milliseconds until the next attempt (for Retry-After). */
 unsigned rc_retry_after_ms(const redis_conn *c);
 

@@ -1,6 +1,7 @@
 /* redis_url.c - REDIS_URL parsing. No I/O here. */
 #include "redis_url.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,104 @@ static int parse_int(const char *s, size_t n, int lo, int hi, int *out)
     return 0;
 }
 
+/* host[:port] or [v6]:port in p[0..n), into host/port (port stays as given
+ * when absent). Returns 0, or -1 with *why. */
+static int parse_hostport(const char *p, size_t n, char *host, size_t cap, int *port,
+                          const char **why)
+{
+    const char *hp_end = p + n;
+    const char *h = p, *h_end;
+    const char *pt = NULL;
+    if (n && *p == '[') { /* [IPv6]:port */
+        const char *rb = memchr(p, ']', n);
+        if (!rb) {
+            *why = "bad IPv6 address in Redis URL";
+            return -1;
+        }
+        h = p + 1;
+        h_end = rb;
+        if (rb + 1 < hp_end) {
+            if (rb[1] != ':') {
+                *why = "bad host:port in Redis URL";
+                return -1;
+            }
+            pt = rb + 2;
+        }
+    } else {
+        const char *colon = memchr(p, ':', n);
+        h_end = colon ? colon : hp_end;
+        if (colon)
+            pt = colon + 1;
+    }
+    size_t hl = (size_t)(h_end - h);
+    if (hl == 0 || hl >= cap) {
+        *why = "missing host in Redis URL";
+        return -1;
+    }
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    if (pt && parse_int(pt, (size_t)(hp_end - pt), 1, 65535, port) < 0) {
+        *why = "bad port in Redis URL";
+        return -1;
+    }
+    return 0;
+}
+
+/* The sentinels' part of redis+sentinel://: "h1[:p1],h2[:p2]/master[/db]"
+ * and the query, with the user-info already taken. */
+static int parse_sentinel(const char *p, redis_url *out, const char **why)
+{
+    const char *q = strchr(p, '?');
+    const char *end = q ? q : p + strlen(p);
+    const char *slash = memchr(p, '/', (size_t)(end - p));
+    if (!slash) {
+        *why = "redis+sentinel:// URL needs /master-name after the sentinels";
+        return -1;
+    }
+    for (const char *h = p; h <= slash;) {
+        const char *comma = memchr(h, ',', (size_t)(slash - h));
+        const char *he = comma ? comma : slash;
+        if (out->nsentinels == REDIS_URL_MAX_SENTINELS) {
+            *why = "too many sentinels in Redis URL (at most 8)";
+            return -1;
+        }
+        redis_hostport *s = &out->sentinels[out->nsentinels];
+        s->port = 26379;
+        if (parse_hostport(h, (size_t)(he - h), s->host, sizeof s->host, &s->port, why) < 0)
+            return -1;
+        out->nsentinels++;
+        h = he + 1;
+    }
+    const char *name = slash + 1;
+    const char *ne = memchr(name, '/', (size_t)(end - name));
+    const char *name_end = ne ? ne : end;
+    size_t nl = (size_t)(name_end - name);
+    if (nl == 0 || nl >= sizeof out->master_name) {
+        *why = "missing master name in redis+sentinel:// URL";
+        return -1;
+    }
+    for (size_t i = 0; i < nl; i++)
+        if ((unsigned char)name[i] <= ' ' || name[i] == '%') {
+            *why = "bad master name in redis+sentinel:// URL";
+            return -1;
+        }
+    memcpy(out->master_name, name, nl);
+    if (ne && ne + 1 < end && parse_int(ne + 1, (size_t)(end - ne - 1), 0, 1 << 20, &out->db) < 0) {
+        *why = "bad database number in Redis URL";
+        return -1;
+    }
+    if (q) {
+        static const char key[] = "?sentinel_password=";
+        if (strncmp(q, key, sizeof key - 1) != 0 || strchr(q + 1, '&') ||
+            copy_decoded(out->sentinel_password, sizeof out->sentinel_password, q + sizeof key - 1,
+                         strlen(q + sizeof key - 1)) < 0) {
+            *why = "bad query in redis+sentinel:// URL (only ?sentinel_password=)";
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int redis_url_parse(const char *s, redis_url *out, const char **why)
 {
     memset(out, 0, sizeof *out);
@@ -70,13 +169,23 @@ int redis_url_parse(const char *s, redis_url *out, const char **why)
         return 0;
     }
     const char *p = s;
-    if (strncmp(p, "redis://", 8) == 0)
+    bool sentinel = false;
+    if (strncmp(p, "redis://", 8) == 0) {
         p += 8;
-    else if (strstr(p, "://")) {
-        *why = "unsupported URL scheme (use redis:// or unix://; TLS is not built in)";
+    } else if (strncmp(p, "redis+sentinel://", 17) == 0) {
+        p += 17;
+        sentinel = true;
+    } else if (strstr(p, "://")) {
+        *why = "unsupported URL scheme (use redis://, redis+sentinel:// or unix://; TLS is not "
+               "built in)";
         return -1;
     }
-    const char *at = strrchr(p, '@');
+    /* The user-info ends at the last '@' before any query. */
+    const char *qm = sentinel ? strchr(p, '?') : NULL;
+    const char *at = NULL;
+    for (const char *x = p; *x && x != qm; x++)
+        if (*x == '@')
+            at = x;
     if (at) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
         if (colon) {
@@ -92,42 +201,12 @@ int redis_url_parse(const char *s, redis_url *out, const char **why)
         }
         p = at + 1;
     }
+    if (sentinel)
+        return parse_sentinel(p, out, why);
     const char *slash = strchr(p, '/');
     size_t hostport = slash ? (size_t)(slash - p) : strlen(p);
-    const char *hp_end = p + hostport;
-    const char *host = p, *host_end;
-    const char *port = NULL;
-    if (*p == '[') { /* [IPv6]:port */
-        const char *rb = memchr(p, ']', hostport);
-        if (!rb) {
-            *why = "bad IPv6 address in Redis URL";
-            return -1;
-        }
-        host = p + 1;
-        host_end = rb;
-        if (rb + 1 < hp_end) {
-            if (rb[1] != ':') {
-                *why = "bad host:port in Redis URL";
-                return -1;
-            }
-            port = rb + 2;
-        }
-    } else {
-        const char *colon = memchr(p, ':', hostport);
-        host_end = colon ? colon : hp_end;
-        if (colon)
-            port = colon + 1;
-    }
-    size_t hl = (size_t)(host_end - host);
-    if (hl == 0 || hl >= sizeof out->host) {
-        *why = "missing host in Redis URL";
+    if (parse_hostport(p, hostport, out->host, sizeof out->host, &out->port, why) < 0)
         return -1;
-    }
-    memcpy(out->host, host, hl);
-    if (port && parse_int(port, (size_t)(hp_end - port), 1, 65535, &out->port) < 0) {
-        *why = "bad port in Redis URL";
-        return -1;
-    }
     if (slash && slash[1]) {
         if (parse_int(slash + 1, strlen(slash + 1), 0, 1 << 20, &out->db) < 0) {
             *why = "bad database number in Redis URL";
@@ -143,15 +222,31 @@ char *redis_url_redact(const char *s, char *out, size_t cap)
         return out;
     if (!s)
         s = "";
-    const char *p = strncmp(s, "redis://", 8) == 0 ? s + 8 : s;
-    /* The same user-info as redis_url_parse: up to the last '@'. */
-    const char *at = strncmp(s, "unix://", 7) == 0 ? NULL : strrchr(p, '@');
-    if (!at) {
-        snprintf(out, cap, "%s", s);
-        return out;
+    bool sentinel = strncmp(s, "redis+sentinel://", 17) == 0;
+    const char *p = strncmp(s, "redis://", 8) == 0 ? s + 8 : sentinel ? s + 17 : s;
+    /* The same user-info as redis_url_parse: up to the last '@' (before a
+     * Sentinel URL's query). */
+    const char *qm = sentinel ? strchr(p, '?') : NULL;
+    const char *at = NULL;
+    if (strncmp(s, "unix://", 7) != 0)
+        for (const char *x = p; *x && x != qm; x++)
+            if (*x == '@')
+                at = x;
+    size_t o = 0;
+    const char *rest = s;
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        const char *keep_end = colon ? colon + 1 : p; /* scheme and user stay */
+        int n = snprintf(out, cap, "%.*s***", (int)(keep_end - s), s);
+        o = n < 0 ? 0 : (size_t)n >= cap ? cap - 1 : (size_t)n;
+        rest = at;
     }
-    const char *colon = memchr(p, ':', (size_t)(at - p));
-    const char *keep_end = colon ? colon + 1 : p; /* scheme and user stay */
-    snprintf(out, cap, "%.*s***%s", (int)(keep_end - s), s, at);
+    const char *sp = qm ? strstr(qm, "sentinel_password=") : NULL;
+    if (sp) {
+        sp += 18;
+        snprintf(out + o, cap - o, "%.*s***", (int)(sp - rest), rest);
+    } else {
+        snprintf(out + o, cap - o, "%s", rest);
+    }
     return out;
 }

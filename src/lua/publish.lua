@@ -3,9 +3,17 @@
 -- KEYS: 1 server, 2 channel meta, 3 channel stream, 4 idempotency key.
 -- ARGV: 1-3 gen_of, 4 fresh ep, 5 ttl (seconds), 6 content (a JSON string
 --       literal), 7 history (messages kept), 8 pub/sub channel,
---       9 "1" to use the idempotency key, 10 its ttl (seconds).
+--       9 "1" to use the idempotency key, 10 its ttl (seconds),
+--       11 "1" for replicated publishing (broker.h's wait_replicas): store
+--       only; commit.lua publishes once replicas have it.
 -- Returns {epoch, id, duplicate}: duplicate is 1 when the idempotency key
 -- was seen within its ttl, and then nothing was stored or published.
+--
+-- Replicated publishing keeps, in the channel hash, `committed` (the
+-- newest id whose replication was confirmed) and `cr`, the run_id of the
+-- server that confirmed it. Messages a server holds from an earlier master
+-- reached it by replication, so the first store on a new server (cr
+-- differs) counts everything it holds as committed.
 -- The pub/sub payload is "EPOCH ID TIME CONTENT" (envelope.h).
 -- The order of the writes keeps lib.lua's invariant if any of them fails
 -- (Redis runs a script's writes before a failure): the stream entry first,
@@ -20,6 +28,10 @@ if ARGV[9] == '1' then
   end
 end
 local seq, ep = state_of(ARGV[5], false)
+local replicated = ARGV[11] == '1'
+if replicated and redis.call('HGET', KEYS[2], 'cr') ~= ARGV[1] then
+  redis.call('HSET', KEYS[2], 'committed', seq, 'cr', ARGV[1])
+end
 seq = seq + 1
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -29,7 +41,9 @@ redis.call('HSET', KEYS[2], 'seq', seq)
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('EXPIRE', KEYS[3], ARGV[5])
 local epoch = gen .. ep
-redis.call('PUBLISH', ARGV[8], epoch .. ' ' .. sseq .. ' ' .. sms .. ' ' .. ARGV[6])
+if not replicated then
+  redis.call('PUBLISH', ARGV[8], epoch .. ' ' .. sseq .. ' ' .. sms .. ' ' .. ARGV[6])
+end
 if ARGV[9] == '1' then
   redis.call('SET', KEYS[4], epoch .. ' ' .. sseq, 'EX', ARGV[10])
 end

@@ -12,6 +12,19 @@
 --          the list short of newest.
 local gen = gen_of(KEYS[1])
 local seq, ep, top, oldest = state_of(ARGV[5], true)
+if ARGV[10] == '1' then
+  local c = redis.call('HMGET', KEYS[2], 'committed', 'cr')
+  local committed = tonumber(c[1])
+  -- A server other than the one that committed holds what it holds by
+  -- replication: all of it counts (as publish.lua's first store will).
+  if c[2] == ARGV[1] and committed and committed < seq then
+    seq = committed
+    top = committed > 0 and
+          redis.call('XRANGE', KEYS[3], string.format('%d', committed) .. '-0',
+                     string.format('%d', committed) .. '-0')[1] or nil
+    if oldest > seq + 1 then oldest = seq + 1 end
+  end
+end
 -- Nobody published yet: the state lives on while it is read, and goes
 -- ARGV[5] seconds after the last read (polls to random names cost Redis
 -- only that long).
@@ -32,7 +45,8 @@ local budget = tonumber(ARGV[9])
 local used, n = 0, 0
 local cursor = since + 1
 while true do
-  local batch = redis.call('XRANGE', KEYS[3], string.format('%d', cursor) .. '-0', '+', 'COUNT', 128)
+  local batch = redis.call('XRANGE', KEYS[3], string.format('%d', cursor) .. '-0',
+                           string.format('%d', seq) .. '-0', 'COUNT', 128)
   for i = 1, #batch do
     local e = batch[i]
     local c = e[2][4]

@@ -37,6 +37,11 @@ What the checker asserts (SPEC.md; "epoch" E, channel newest id N, history H):
   acknowledged message can be lost, so a restart never starts a new one);
   with everysec, acknowledged messages may be missing only across an epoch
   change, which every client saw as a reset;
+* on Sentinel (modes "sentinel-strict": --redis-wait-replicas 1 and
+  appendfsync always; "sentinel": Redis's defaults), the Redis faults hit
+  whichever server is master, so they cause failovers: strict rounds must
+  keep one epoch per channel like "always", default ones may reset but
+  never skip, like "everysec";
 * every error a client got is JSON (503 with Retry-After), no valid request
   got another 4xx, every SIGTERMed process exited 0 within 10 s, no process
   died that the scheduler did not kill, and no log has a sanitizer report,
@@ -60,6 +65,7 @@ from urllib.parse import urlencode
 
 import clients as C
 import scenario
+from sentinel import SentinelStack
 from stack import Stack
 
 HOST = "127.0.0.1"
@@ -570,9 +576,10 @@ def check(mode, history, channels, clients, pubs, final):
                 for k in range(a + 1, b + 1):
                     if (se, k) in acks:
                         st["acked_deliveries_checked"] += 1
-        if mode == "always" and len(epochs) > 1:
-            V.append("%s: %d epochs under appendfsync always (a restart must keep the epoch): %s"
-                     % (ch, len(epochs), sorted(epochs)))
+        if mode in ("always", "sentinel-strict") and len(epochs) > 1:
+            V.append("%s: %d epochs under %s (a restart or failover must keep the epoch): %s"
+                     % (ch, len(epochs), "appendfsync always" if mode == "always" else
+                        "replicated publishing", sorted(epochs)))
         st["epochs"] += len(epochs)
         st["messages_stored"] += f_seq
     return V, st
@@ -657,9 +664,16 @@ class Round:
                                      "pushwire": {"subscribe": ["cx.*"], "publish": ["cx.*"]}},
                                     secret, algorithm="HS256")
             common += ["--private-channels", "cx.*", "--jwt-secret-file", self.secret_file.name]
+        if self.mode == "sentinel-strict":
+            common += ["--redis-wait-replicas", "1"]
         wargs = common + ["--history", str(self.history), "--sse-heartbeat", "2",
                           "--max-poll-timeout", "30"]
         rargs = common
+        if self.mode.startswith("sentinel"):
+            nodes = ["--appendonly", "yes", "--appendfsync", "always"] \
+                if self.mode == "sentinel-strict" else []
+            return SentinelStack(workers=2, relays=2, worker_args=wargs, relay_args=rargs,
+                                 node_args=nodes, nginx_env={"SHUTDOWN_TIMEOUT": "5s"})
         return Stack(workers=2, relays=2, worker_args=wargs, relay_args=rargs,
                      redis_args=["--appendonly", "yes", "--appendfsync", self.mode],
                      nginx_env={"SHUTDOWN_TIMEOUT": "5s"})
@@ -687,9 +701,10 @@ class Round:
 
     # -- faults
     async def op_redis_stop(self, d):
-        self.s.redis.send(signal.SIGSTOP)
+        p = self.s.redis  # on Sentinel, the master may change meanwhile
+        p.send(signal.SIGSTOP)
         await asyncio.sleep(d)
-        self.s.redis.send(signal.SIGCONT)
+        p.send(signal.SIGCONT)
 
     async def op_redis_kill(self, d):
         self.expect_down.add("redis")
@@ -703,7 +718,8 @@ class Round:
     async def op_redis_term(self, d):
         self.expect_down.add("redis")
         try:
-            rc = await asyncio.to_thread(self.s.redis.stop, signal.SIGTERM)
+            p = self.s.redis
+            rc = await asyncio.to_thread(p.stop, signal.SIGTERM)
             if rc != 0:
                 self.violation("redis exited with %r on SIGTERM" % rc)
             await asyncio.sleep(d)
@@ -1055,8 +1071,9 @@ class Round:
         s = self.s
         for c in self.clients:
             c.unstall()
-        if s.redis.alive():
-            s.redis.send(signal.SIGCONT)
+        for r in getattr(s, "nodes", [s.redis]):
+            if r is not None and r.alive():
+                r.send(signal.SIGCONT)
         for name, p in self.procs().items():
             if not p.alive() and name != "nginx":
                 self.violation("%s is down after the faults" % name)

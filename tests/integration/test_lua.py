@@ -22,6 +22,7 @@ PUBLISH = script("lib.lua", "publish.lua")
 READ = script("lib.lua", "read.lua")
 HEARTBEAT = script("heartbeat.lua")
 PROCS = script("procs.lua")
+COMMIT = script("commit.lua")
 
 
 class Resp:
@@ -106,16 +107,21 @@ def keys():
 
 
 def publish(r, k, content, runid="run1", lossless="0", gen="gen00001", ep="ep000001", ttl=100,
-            history=5, idem=None, idem_ttl=600):
+            history=5, idem=None, idem_ttl=600, replicated=False):
     return r.cmd("EVAL", PUBLISH, 4, k["srv"], k["meta"], k["hist"], k["idem"] + "/" + (idem or ""),
                  runid, lossless, gen, ep, ttl, '"%s"' % content, history, k["pubch"],
-                 "1" if idem else "0", idem_ttl)
+                 "1" if idem else "0", idem_ttl, "1" if replicated else "0")
+
+
+def commit(r, k, epoch, mid, runid="run1"):
+    return r.cmd("EVAL", COMMIT, 3, k["srv"], k["meta"], k["hist"], runid, epoch, mid, k["pubch"])
 
 
 def read(r, k, since=None, epoch="", budget=1 << 20, runid="run1", lossless="0", gen="gen00001",
-         ep="ep000002", ttl=300):
+         ep="ep000002", ttl=300, replicated=False):
     out = r.cmd("EVAL", READ, 3, k["srv"], k["meta"], k["hist"], runid, lossless, gen, ep, ttl,
-                "1" if since is not None else "0", since or 0, epoch, budget)
+                "1" if since is not None else "0", since or 0, epoch, budget,
+                "1" if replicated else "0")
     head = {"epoch": out[0], "newest": int(out[1]), "reset": out[2] == 1, "more": out[3] == 1,
             "newest_time": int(out[4]), "newest_content": out[5]}
     ents = [(int(out[i]), int(out[i + 1]), out[i + 2]) for i in range(6, len(out), 3)]
@@ -305,3 +311,61 @@ def test_heartbeats_and_procs(redis):
     assert set(members) == {"worker:a", "relay:b"}
     assert now < members["worker:a"] <= now + 5000
     assert members["relay:b"] <= now + 1
+
+
+def test_replicated_publishing_shows_only_committed_messages(redis):
+    """--redis-wait-replicas: publish.lua stores without publishing, readers
+    see nothing past `committed`, commit.lua publishes from the stream."""
+    r, k = redis, keys()
+    sub = Resp(r.port)
+    try:
+        assert sub.cmd("SUBSCRIBE", k["pubch"])[0] == "subscribe"
+        e1, i1, _ = publish(r, k, "one", replicated=True, history=10)
+        e2, i2, _ = publish(r, k, "two", replicated=True, history=10)
+        assert (i1, i2) == (1, 2) and e1 == e2
+        head, ents = read(r, k, since=0, replicated=True)
+        assert head["newest"] == 0 and ents == [] and not head["reset"]
+        # Committed out of order (two publishers): readers see up to the
+        # highest committed id, every message below it included.
+        assert commit(r, k, e2, i2) == 1
+        head, ents = read(r, k, since=0, replicated=True)
+        assert head["newest"] == 2 and [e[2] for e in ents] == ['"one"', '"two"']
+        assert head["newest_content"] == '"two"'
+        assert commit(r, k, e1, i1) == 1  # publishes; committed stays 2
+        assert r.cmd("HGET", k["meta"], "committed") == "2"
+        payloads = [sub.reply()[2].split(" ", 3) for _ in range(2)]
+        assert [(p[1], p[3]) for p in payloads] == [("2", '"two"'), ("1", '"one"')]
+        assert all(p[0] == e1 for p in payloads)
+        # A third, not committed: the newest a reader sees is still 2, and a
+        # client at 2 is up to date (not reset, nothing to read).
+        publish(r, k, "three", replicated=True, history=10)
+        head, ents = read(r, k, since=2, epoch=e1, replicated=True)
+        assert (head["newest"], ents, head["reset"]) == (2, [], False)
+        # Without replicated reads everything stored shows.
+        assert read(r, k, since=2, epoch=e1)[0]["newest"] == 3
+        # Another epoch (or server) than the stored one is not committed.
+        assert commit(r, k, "gen00001other000", 3) == 0
+        assert commit(r, k, e1, 3, runid="run2") == 0
+    finally:
+        sub.close()
+
+
+def test_a_promoted_replica_counts_what_it_holds_as_committed(redis):
+    """On another server than the one that committed (a failover), what the
+    server holds came by replication: readers see all of it, and the first
+    store there commits it, so nothing a client saw is hidden and nobody is
+    reset for being ahead of `committed`."""
+    r, k = redis, keys()
+    r.cmd("DEL", k["srv"])
+    e, _, _ = publish(r, k, "a", replicated=True, history=10)
+    assert commit(r, k, e, 1) == 1
+    publish(r, k, "b", replicated=True, history=10)  # stored, its commit lost
+    head, _ = read(r, k, since=1, epoch=e, replicated=True)
+    assert head["newest"] == 1
+    # run2 is the promoted replica; lossless "1" keeps the generation.
+    head, ents = read(r, k, since=1, epoch=e, replicated=True, runid="run2", lossless="1")
+    assert (head["epoch"], head["newest"], head["reset"]) == (e, 2, False)
+    assert [x[2] for x in ents] == ['"b"']
+    e3, i3, _ = publish(r, k, "c", replicated=True, history=10, runid="run2", lossless="1")
+    assert (e3, i3) == (e, 3)
+    assert r.cmd("HMGET", k["meta"], "committed", "cr") == ["2", "run2"]

@@ -176,6 +176,68 @@ static void test_percent_decoding(void **state)
     expect_url("redis://%75ser:%70w@h", &(want){"h", 6379, "", "user", "pw", 0});
 }
 
+static void expect_sentinel(const char *s, const char *name, int db, const char *pw,
+                            const char *spw, int n, const char *const *hosts, const int *ports)
+{
+    redis_url u;
+    const char *why = NULL;
+    memset(&u, 'X', sizeof u);
+    if (redis_url_parse(s, &u, &why) != 0)
+        fail_msg("[%s] refused: %s", s, why ? why : "(no reason)");
+    assert_true(redis_url_is_sentinel(&u));
+    assert_string_equal(u.master_name, name);
+    assert_string_equal(u.host, "");
+    assert_string_equal(u.path, "");
+    assert_int_equal(u.db, db);
+    assert_string_equal(u.password, pw);
+    assert_string_equal(u.sentinel_password, spw);
+    assert_int_equal(u.nsentinels, n);
+    for (int i = 0; i < n; i++) {
+        assert_string_equal(u.sentinels[i].host, hosts[i]);
+        assert_int_equal(u.sentinels[i].port, ports[i]);
+    }
+}
+
+static void test_sentinel_forms(void **state)
+{
+    (void)state;
+    expect_sentinel("redis+sentinel://s1/mymaster", "mymaster", 0, "", "", 1,
+                    (const char *[]){"s1"}, (const int[]){26379});
+    expect_sentinel("redis+sentinel://10.0.0.1:26380,s2,[::1]:5000/m/3", "m", 3, "", "", 3,
+                    (const char *[]){"10.0.0.1", "s2", "::1"}, (const int[]){26380, 26379, 5000});
+    expect_sentinel("redis+sentinel://:p%40w@s1:1,s2:2/mymaster?sentinel_password=s%26p",
+                    "mymaster", 0, "p@w", "s&p", 2, (const char *[]){"s1", "s2"},
+                    (const int[]){1, 2});
+    expect_sentinel("redis+sentinel://a,b,c,d,e,f,g,h/x", "x", 0, "", "", 8,
+                    (const char *[]){"a", "b", "c", "d", "e", "f", "g", "h"},
+                    (const int[]){26379, 26379, 26379, 26379, 26379, 26379, 26379, 26379});
+    /* A plain URL is not Sentinel. */
+    redis_url u;
+    const char *why;
+    assert_int_equal(redis_url_parse("redis://h", &u, &why), 0);
+    assert_false(redis_url_is_sentinel(&u));
+    assert_int_equal(u.nsentinels, 0);
+    const char *bad[] = {
+        "redis+sentinel://s1",
+        "redis+sentinel://s1/",
+        "redis+sentinel:///m",
+        "redis+sentinel://s1,/m",
+        "redis+sentinel://,s1/m",
+        "redis+sentinel://s1:0/m",
+        "redis+sentinel://s1:x/m",
+        "redis+sentinel://s1/m/x",
+        "redis+sentinel://s1/m/1/2",
+        "redis+sentinel://s1/m?x=1",
+        "redis+sentinel://s1/m?sentinel_password=a&b=c",
+        "redis+sentinel://s1/m?sentinel_password=%zz",
+        "redis+sentinel://s1/m n",
+        "redis+sentinel://a,b,c,d,e,f,g,h,i/x",
+        "redis+sentinel://[::1/m",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        expect_refused(bad[i]);
+}
+
 static void expect_redacted(const char *s, const char *shown)
 {
     char out[512];
@@ -195,6 +257,11 @@ static void test_redaction(void **state)
     expect_redacted("redis://u:p@ss@h", "redis://u:***@h"); /* the last '@' ends it */
     expect_redacted("redis://:p%40ss@h", "redis://:***@h");
     expect_redacted("unix:///run/redis.sock?db=3", "unix:///run/redis.sock?db=3");
+    expect_redacted("redis+sentinel://:pw@s1,s2/m?sentinel_password=spw",
+                    "redis+sentinel://:***@s1,s2/m?sentinel_password=***");
+    expect_redacted("redis+sentinel://s1/m?sentinel_password=s@p",
+                    "redis+sentinel://s1/m?sentinel_password=***");
+    expect_redacted("redis+sentinel://u:pw@s1/m", "redis+sentinel://u:***@s1/m");
     expect_redacted("", "");
     expect_redacted(NULL, "");
     /* Truncated to the buffer, always terminated, never the password. */
@@ -210,6 +277,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tcp_forms),
         cmocka_unit_test(test_unix_forms),
+        cmocka_unit_test(test_sentinel_forms),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_percent_decoding),
         cmocka_unit_test(test_redaction),
