@@ -23,6 +23,8 @@
 
 /* A command of ours in flight: how to read its reply, whom to tell, and
  * (for scripts) the arguments again for a retry with EVAL after NOSCRIPT. */
+typedef struct pub_repl pub_repl;
+
 typedef struct op {
     broker *b;
     void (*on_reply)(broker *b, struct op *o, redisReply *r);
@@ -50,6 +52,9 @@ struct broker {
     unsigned replicas; /* connected_slaves */
     int handshake_left;
     char sha_publish[41], sha_read[41], sha_commit[41];
+    /* Replicated publishing: stored, waiting for the next WAIT. */
+    struct pub_repl *repl_waiting;
+    bool wait_inflight;
     /* Liveness of the pub/sub connection. */
     char ping_channel[160];
     bool ping_subscribed;
@@ -727,13 +732,17 @@ static void pub_done(broker *b, broker_pub_cb *cb, void *arg, broker_pub_result 
     cb(arg, res);
 }
 
-/* Replicated publishing (broker.h): stored; then WAIT, then commit.lua. */
-typedef struct pub_repl {
+/* Replicated publishing (broker.h): stored; then WAIT, then commit.lua.
+ * One WAIT at a time per connection: it blocks the connection (commands
+ * behind it wait), and covers every write made on the connection before
+ * it, so the publishes stored while one is out wait for the next together. */
+struct pub_repl {
+    pub_repl *next;
     broker_pub_cb *cb;
     void *arg;
     broker_pub_result res;
     char channel[PW_CHANNEL_MAX + 1];
-} pub_repl;
+};
 
 static void repl_fail(broker *b, pub_repl *pr, int err, const char *why)
 {
@@ -761,19 +770,8 @@ static void commit_reply(broker *b, op *o, redisReply *r)
     }
 }
 
-static void wait_reply(broker *b, op *o, redisReply *r)
+static void commit_send(broker *b, pub_repl *pr)
 {
-    pub_repl *pr = o->user_arg;
-    if (!r || r->type != REDIS_REPLY_INTEGER) {
-        repl_fail(b, pr, BROKER_EUNAVAIL,
-                  r && r->type == REDIS_REPLY_ERROR ? r->str : "Redis connection lost during WAIT");
-        return;
-    }
-    if (r->integer < (long long)b->cfg.wait_replicas) {
-        b->stats.wait_shortfalls++;
-        repl_fail(b, pr, BROKER_EUNAVAIL, "fewer replicas than --redis-wait-replicas confirmed");
-        return;
-    }
     const char *p = b->prefix;
     char k_meta[160], k_hist[160], k_srv[80], pubch[160], id[24];
     snprintf(k_srv, sizeof k_srv, "%sserver", p);
@@ -790,9 +788,61 @@ static void wait_reply(broker *b, op *o, redisReply *r)
         repl_fail(b, pr, BROKER_EUNAVAIL, "Redis connection lost before the commit");
 }
 
+static void wait_send(broker *b);
+
+static void wait_reply(broker *b, op *o, redisReply *r)
+{
+    pub_repl *batch = o->user_arg;
+    b->wait_inflight = false;
+    bool ok = r && r->type == REDIS_REPLY_INTEGER && r->integer >= (long long)b->cfg.wait_replicas;
+    const char *why = !r ? "Redis connection lost during WAIT"
+                      : r->type == REDIS_REPLY_ERROR ? r->str
+                                                     : "fewer replicas than --redis-wait-replicas "
+                                                       "confirmed in time";
+    if (r && r->type == REDIS_REPLY_INTEGER && !ok)
+        b->stats.wait_shortfalls++;
+    while (batch) {
+        pub_repl *pr = batch;
+        batch = pr->next;
+        if (ok)
+            commit_send(b, pr);
+        else
+            repl_fail(b, pr, BROKER_EUNAVAIL, why);
+    }
+    if (b->repl_waiting)
+        wait_send(b);
+}
+
+/* WAIT for what is stored so far: the waiting publishes become its batch. */
+static void wait_send(broker *b)
+{
+    pub_repl *batch = NULL; /* oldest first: commits go out in store order */
+    while (b->repl_waiting) {
+        pub_repl *pr = b->repl_waiting;
+        b->repl_waiting = pr->next;
+        pr->next = batch;
+        batch = pr;
+    }
+    char n[16], ms[16];
+    /* Well inside the Redis timeout (the watchdog also times what waits
+     * behind it); a replica in sync answers within a round trip. */
+    unsigned t = b->cfg.timeout_ms / 4;
+    snprintf(n, sizeof n, "%u", b->cfg.wait_replicas);
+    snprintf(ms, sizeof ms, "%u", t > 250 ? 250 : t ? t : 1);
+    const char *argv[3] = {"WAIT", n, ms};
+    if (op_simple(b, 3, argv, wait_reply, NULL, batch) == 0) {
+        b->wait_inflight = true;
+        return;
+    }
+    while (batch) {
+        pub_repl *pr = batch;
+        batch = pr->next;
+        repl_fail(b, pr, BROKER_EUNAVAIL, "Redis connection lost before WAIT");
+    }
+}
+
 /* The publish script stored the message (or found it stored before, for a
- * duplicate): wait for the replicas, then commit. The WAIT blocks this
- * connection only; back-to-back WAITs after one write return at once. */
+ * duplicate): wait for the replicas, then commit. */
 static void replicate(broker *b, op *o, const broker_pub_result *res)
 {
     pub_repl *pr = xcalloc(1, sizeof *pr);
@@ -802,12 +852,10 @@ static void replicate(broker *b, op *o, const broker_pub_result *res)
     /* The channel is in the publish's kept arguments: KEYS[2] is
      * PREFIXch:CHANNEL. */
     snprintf(pr->channel, sizeof pr->channel, "%s", o->argv[4] + strlen(b->prefix) + 3);
-    char n[16], ms[16];
-    snprintf(n, sizeof n, "%u", b->cfg.wait_replicas);
-    snprintf(ms, sizeof ms, "%u", b->cfg.timeout_ms / 2 ? b->cfg.timeout_ms / 2 : 1);
-    const char *argv[3] = {"WAIT", n, ms};
-    if (op_simple(b, 3, argv, wait_reply, NULL, pr) < 0)
-        repl_fail(b, pr, BROKER_EUNAVAIL, "Redis connection lost before WAIT");
+    pr->next = b->repl_waiting;
+    b->repl_waiting = pr;
+    if (!b->wait_inflight)
+        wait_send(b);
 }
 
 static void publish_reply(broker *b, op *o, redisReply *r)

@@ -10,14 +10,12 @@
 -- Returns 1, or 0 when the channel or the server is not the one the
 -- message was stored in (it was then not published).
 local srv = redis.call('HMGET', KEYS[1], 'runid', 'gen')
-local m = redis.call('HMGET', KEYS[2], 'ep', 'committed', 'cr')
+local m = redis.call('HMGET', KEYS[2], 'ep', 'committed')
 if srv[1] ~= ARGV[1] or not srv[2] or not m[1] or srv[2] .. m[1] ~= ARGV[2] then
   return 0
 end
 local id = tonumber(ARGV[3])
-if m[3] ~= ARGV[1] or id > (tonumber(m[2]) or 0) then
-  redis.call('HSET', KEYS[2], 'committed', id, 'cr', ARGV[1])
-end
+if id > (tonumber(m[2]) or 0) then redis.call('HSET', KEYS[2], 'committed', id) end
 local e = redis.call('XRANGE', KEYS[3], ARGV[3] .. '-0', ARGV[3] .. '-0')[1]
 if e then
   redis.call('PUBLISH', ARGV[4], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. e[2][2] .. ' ' .. e[2][4])

@@ -9,16 +9,10 @@
 -- Returns {epoch, id, duplicate}: duplicate is 1 when the idempotency key
 -- was seen within its ttl, and then nothing was stored or published.
 --
--- Replicated publishing keeps, in the channel hash, `committed` (the
--- newest id whose replication was confirmed) and `cr`, the run_id of the
--- server that confirmed it. Messages a server holds from an earlier master
--- reached it by replication, so the first store on a new server (cr
--- differs) counts everything it holds as committed.
--- The pub/sub payload is "EPOCH ID TIME CONTENT" (envelope.h).
--- The order of the writes keeps lib.lua's invariant if any of them fails
--- (Redis runs a script's writes before a failure): the stream entry first,
--- then seq, then the expiries; the message is published, and acknowledged,
--- only when all of them are done.
+-- Replicated publishing keeps, in the channel hash, `committed`: the
+-- newest id whose replication WAIT confirmed (commit.lua). A channel
+-- without it (created before replicated publishing was turned on) has
+-- everything committed, so the first replicated store sets it to seq.
 local gen = gen_of(KEYS[1])
 if ARGV[9] == '1' then
   local prev = redis.call('GET', KEYS[4])
@@ -29,9 +23,7 @@ if ARGV[9] == '1' then
 end
 local seq, ep = state_of(ARGV[5], false)
 local replicated = ARGV[11] == '1'
-if replicated and redis.call('HGET', KEYS[2], 'cr') ~= ARGV[1] then
-  redis.call('HSET', KEYS[2], 'committed', seq, 'cr', ARGV[1])
-end
+if replicated then redis.call('HSETNX', KEYS[2], 'committed', seq) end
 seq = seq + 1
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -6,29 +6,37 @@
 -- KEYS: 1 server, 2 channel meta, 3 channel stream.
 -- ARGV: 1-3 gen_of, 4 fresh ep, 5 ttl of a channel nobody published to,
 --       6 "1" when since is given, 7 since, 8 the client's epoch ("" for
---       none), 9 byte budget of the messages (at least one is returned).
+--       none), 9 byte budget of the messages (at least one is returned),
+--       10 "1" for replicated publishing (publish.lua): only committed
+--       messages are read.
 -- Returns {epoch, newest, reset, more, newest_time, newest_content,
 --          id1, time1, content1, ...}: more is 1 when the budget stopped
 --          the list short of newest.
 local gen = gen_of(KEYS[1])
 local seq, ep, top, oldest = state_of(ARGV[5], true)
+local stored = seq
+-- Replicated publishing: only what is committed is read. A client's
+-- since between committed and seq is not ahead of the channel: it saw that
+-- id, so it was committed, and the watermark here lags (its write had not
+-- reached this server when it was promoted); the next commit moves it.
 if ARGV[10] == '1' then
-  local c = redis.call('HMGET', KEYS[2], 'committed', 'cr')
-  local committed = tonumber(c[1])
-  -- A server other than the one that committed holds what it holds by
-  -- replication: all of it counts (as publish.lua's first store will).
-  if c[2] == ARGV[1] and committed and committed < seq then
-    seq = committed
-    top = committed > 0 and
-          redis.call('XRANGE', KEYS[3], string.format('%d', committed) .. '-0',
-                     string.format('%d', committed) .. '-0')[1] or nil
+  local committed = tonumber(redis.call('HGET', KEYS[2], 'committed'))
+  if committed and committed < seq then
+    local c = committed
+    if ARGV[6] == '1' and (ARGV[8] == '' or ARGV[8] == gen .. ep) then
+      local since = tonumber(ARGV[7]) or 0
+      if since > c and since <= seq then c = since end
+    end
+    seq = c
+    top = c > 0 and redis.call('XRANGE', KEYS[3], string.format('%d', c) .. '-0',
+                               string.format('%d', c) .. '-0')[1] or nil
     if oldest > seq + 1 then oldest = seq + 1 end
   end
 end
 -- Nobody published yet: the state lives on while it is read, and goes
 -- ARGV[5] seconds after the last read (polls to random names cost Redis
 -- only that long).
-if seq == 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+if stored == 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
 local epoch = gen .. ep
 local out = {epoch, seq, 0, 0, 0, ''}
 if top then out[5] = tonumber(top[2][2]); out[6] = top[2][4] end

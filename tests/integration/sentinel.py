@@ -10,7 +10,6 @@ master it was configured as, and the sentinels turn it into a replica).
 """
 import os
 import socket
-import time
 
 from stack import Proc, Stack, free_port, wait_for
 
@@ -109,7 +108,12 @@ class SentinelStack(Stack):
         os.makedirs(d, exist_ok=True)
         argv = ["redis-server", "--port", str(self.node_ports[i]), "--bind", "127.0.0.1",
                 "--dir", d, "--save", "", "--daemonize", "no",
-                "--maxmemory-policy", "noeviction"] + self.node_args
+                "--maxmemory-policy", "noeviction",
+                # Sync a (re)starting replica at once, not after Redis's
+                # default 5 s wait for more replicas: a master killed within
+                # that wait would leave the replica empty, and a failover to
+                # it then loses everything.
+                "--repl-diskless-sync-delay", "0"] + self.node_args
         if i == 1:
             argv += ["--replicaof", "127.0.0.1", str(self.node_ports[0])]
         self.nodes[i] = Proc("redis-%d" % i, argv, self.path("redis-%d.log" % i)).start()
@@ -138,9 +142,12 @@ class SentinelStack(Stack):
         for i, s in enumerate(self.sentinels):
             if s is None or not s.alive():
                 self.start_sentinel(i)
-        # The sentinels know the master, and it has a replica in sync.
+        # The sentinels know the master; at the first start, the replica is
+        # in sync before anything else starts.
         wait_for(lambda: all(resp(p, "SENTINEL", "get-master-addr-by-name", MASTER)
                              for p in self.sentinel_ports), what="the sentinels to know the master")
+        if not self.workers:
+            self.wait_replicated()
         return self.redis
 
     def wait_replicated(self, timeout=20):

@@ -997,3 +997,71 @@ def test_down_answers_held_polls_and_closes_websockets(project, request):
     assert not wrong, "not answered or closed as promised on down: %r" % wrong
     assert took < 30, "down took %.1f s" % took
     assert not project.containers(all=True), "containers left after down"
+
+
+# ---- the "sentinel" profile -------------------------------------------------------------------
+
+def redis_cli(project, svc, *args, port=6379):
+    (cid,) = project.containers(svc)
+    return project.docker("exec", "-e", "REDISCLI_AUTH=" + project.redis_password, cid,
+                          "redis-cli", "-p", str(port), *args)
+
+
+def test_sentinel_profile_fails_over(project, request):
+    """docs/DEPLOY.md's Sentinel example as written: COMPOSE_PROFILES=sentinel
+    and a redis+sentinel:// URL, on a fresh `up` (after the down above).
+    `docker kill` of the master under load: the sentinels promote
+    redis-replica, every process follows, publishing goes on with ids
+    1..N and clients lose nothing (with appendfsync everysec the epoch may
+    change: then each client is reset once and holds every message after
+    it); the old master comes back as a replica."""
+    pw = project.redis_password
+    project.env.update({
+        "COMPOSE_PROFILES": "sentinel",
+        "REDIS_URL": "redis+sentinel://:%s@sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"
+                     "/pushwire?sentinel_password=%s" % (pw, pw),
+        "SENTINEL_DOWN_AFTER": "2000",
+    })
+    with timed(request, "up with the sentinel profile"):
+        project.compose("up", "-d", timeout=300)
+    wait_for(lambda: "master_link_status:up" in redis_cli(project, "redis-replica", "INFO", "replication"),
+             timeout=60, interval=0.5, what="the replica in sync")
+    wait_for(lambda: redis_cli(project, "sentinel-1", "SENTINEL", "get-master-addr-by-name", "pushwire",
+                               port=26379).split()[:1] == ["redis"],
+             timeout=60, interval=0.5, what="the sentinels to watch redis")
+    wait_for(lambda: http_request("GET", project.port, "/healthz")[0] == 200, timeout=60, interval=0.5,
+             what="/healthz on Sentinel")
+    ch = unique_channel("sent")
+    (master,) = project.containers("redis")
+
+    def failover():
+        t0 = time.monotonic()
+        project.docker("kill", master)
+        wait_for(lambda: redis_cli(project, "sentinel-1", "SENTINEL", "get-master-addr-by-name",
+                                   "pushwire", port=26379).split()[:1] == ["redis-replica"],
+                 timeout=60, interval=0.2, what="the failover to redis-replica")
+        return time.monotonic() - t0
+
+    with timed(request, "failover under load"):
+        clients, pub, took = stream_scenario(project, ch, failover, n_lp=4, n_ws=4, rate=10, after=30)
+    published = sorted(pub.content_by_id)
+    assert not pub.failed and pub.crash is None and not pub.anomalies, (pub.failed, pub.crash, pub.anomalies)
+    assert published == list(range(1, len(published) + 1)), "ids not 1..N across the failover"
+    assert len(pub.epochs) in (1, 2), pub.epochs
+    after_reset = []
+    for c in clients:
+        assert c.crash is None and not c.bad_errors, (c.crash, c.bad_errors)
+        cut = max(i for i in range(len(c.ids)) if i == 0 or c.ids[i] <= c.ids[i - 1])
+        view = C.Recorder(ch, name=c.name)
+        view.kind, view.ids, view.contents = c.kind, c.ids[cut:], c.contents[cut:]
+        after_reset.append(view)
+        assert view.ids == published, "%s %s after its last reset: %r" % (c.kind, c.name, view.ids[:5])
+    t = report("test_compose_sentinel_failover (what clients hold after their last reset)",
+               after_reset, pub)
+    assert t["lost"] == 0 and t["duplicated"] == 0 and t["bad_content"] == 0, t
+    # The old master returns (restart policy aside, `start` it) as a replica.
+    project.docker("start", master)
+    wait_for(lambda: "role:slave" in redis_cli(project, "redis", "INFO", "replication"),
+             timeout=60, interval=0.5, what="the old master to rejoin as a replica")
+    note(request, "failover took %.1f s; epochs %d; resets per client %r; publish statuses %r" % (
+        took, len(pub.epochs), sorted({c.resets for c in clients}), dict(pub.statuses)))

@@ -359,3 +359,88 @@ def test_make_run_refuses_a_taken_port(makerun):
         rc = m.wait(120)
     assert rc != 0 and "something already listens on %s:%d" % (HOST, m.port) in m.text()
     assert_stopped(m, rc, expect_rc=(rc,))
+
+
+def free_port_run(n):
+    """A base port with n free ports from it (for REDIS_PORT_BASE)."""
+    for _ in range(50):
+        base = free_port()
+        if base + n >= 65535:
+            continue
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind((HOST, p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise AssertionError("no run of %d free ports" % n)
+
+
+def test_make_run_sentinel_mode_fails_over(makerun):
+    """REDIS_MODE=sentinel make run: two Redis servers and three sentinels
+    with a password; the master stalled (SIGSTOP) past the sentinels'
+    patience: they promote the replica, publishing goes on through it with
+    ids that never go back in an epoch, and SIGTERM stops all of it."""
+    base = free_port_run(5)
+    m = makerun(workers=1, relays=1, env={"REDIS_MODE": "sentinel",
+                                          "REDIS_PORT_BASE": str(base)}).start()
+    assert "sentinels on %d-%d" % (base + 2, base + 4) in m.text()
+    with open(os.path.join(m.run_dir, "redis-password")) as f:
+        pw = f.read().strip()
+
+    def cli(port, *args):
+        return subprocess.run(["redis-cli", "-p", str(port)] + list(args), capture_output=True,
+                              text=True, timeout=10, env=dict(os.environ, REDISCLI_AUTH=pw)).stdout
+
+    assert "connected_slaves:1" in cli(base, "INFO", "replication")
+    assert "NOAUTH" in subprocess.run(["redis-cli", "-p", str(base), "GET", "x"], capture_output=True,
+                                      text=True, timeout=10).stdout
+    ch = unique_channel("mr-sent")
+
+    def publish(content):
+        import urllib.parse
+        import urllib.request
+        body = urllib.parse.urlencode({"content": content, "channel": ch}).encode()
+        with urllib.request.urlopen("http://%s:%d/chat" % (HOST, m.port), body, timeout=10) as r:
+            return json.loads(r.read())
+
+    acks = [publish("m0")]
+    master = int(re.search(r"process_id:(\d+)", cli(base, "INFO", "server")).group(1))
+    m.record()
+    os.kill(master, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        wait_for(lambda: cli(base + 2, "SENTINEL", "get-master-addr-by-name", "pushwire").split()[1:2]
+                 == [str(base + 1)], timeout=30, interval=0.2, what="the failover to the replica")
+        k = 1
+        while time.monotonic() < t0 + 30 and len(acks) < 6:
+            try:
+                acks.append(publish("m%d" % k))
+                k += 1
+            except OSError:
+                time.sleep(0.2)  # 503 while the processes move over
+        assert len(acks) == 6, "publishing did not go on after the failover: %r" % acks
+    finally:
+        os.kill(master, signal.SIGCONT)
+    # Ids never go back within an epoch, and the newest epoch holds all of
+    # its messages.
+    by_epoch = {}
+    for a in acks:
+        by_epoch.setdefault(a["epoch"], []).append(a["id"])
+    for ids in by_epoch.values():
+        assert ids == sorted(ids) and len(set(ids)) == len(ids), acks
+    st, body = m.get("/status?since=0&channel=" + ch)
+    doc = json.loads(body)
+    assert st == 200 and doc["epoch"] == acks[-1]["epoch"], doc
+    got = [x["id"] for x in doc["messages"]]
+    assert got[-len(by_epoch[doc["epoch"]]):] == by_epoch[doc["epoch"]], (got, acks)
+    # The old master comes back as a replica of the new one.
+    wait_for(lambda: "role:slave" in cli(base, "INFO", "replication"), timeout=60, interval=0.5,
+             what="the old master to become a replica")
+    m.signal(signal.SIGTERM)
+    rc = m.wait(60)
+    assert_stopped(m, rc, expect_rc=(0, -signal.SIGTERM))
