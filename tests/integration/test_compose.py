@@ -57,6 +57,8 @@ ENGINE_DIR = os.path.join(debroot.CACHE, "docker")    # data root: kept between 
 RUN_DIR = "/run/pw-test-dockerd"                      # exec root and socket: short paths
 STAND_IN_LABEL = "org.pushwire.test-stand-in"
 SERVICES = ("redis", "worker", "relay", "nginx")
+# The "sentinel" profile's (they use the redis image).
+PROFILE_SERVICES = ("redis-replica", "sentinel-1", "sentinel-2", "sentinel-3")
 WORKER_METRICS, RELAY_METRICS = 9001, 9101            # the compose defaults, inside each container
 TIMINGS = []
 
@@ -112,11 +114,12 @@ def deploy_settings():
             m = re.fullmatch(r"`([A-Z][A-Z0-9_]*)`", cells[0])
             assert m, "not a variable in DEPLOY.md's settings: %r" % line
             if "service" in cols:
-                where = cells[cols.index("service")].replace("both", "worker, relay")
+                where = cells[cols.index("service")].replace("both", "worker, relay").replace(
+                    "sentinels", "sentinel-1, sentinel-2, sentinel-3")
                 svcs = {s.strip().strip("`") for s in re.split(r",|\band\b", where) if s.strip()}
             else:
                 svcs = {"nginx"}
-            assert svcs <= set(SERVICES), (m.group(1), svcs)
+            assert svcs <= set(SERVICES + PROFILE_SERVICES), (m.group(1), svcs)
             out[m.group(1)] = svcs
     return out
 
@@ -148,11 +151,12 @@ def test_every_documented_setting_reaches_its_service():
         values[var] = "v%d-%s" % (k, var.lower().replace("_", "-"))
     values["PORT"] = "127.0.0.1:18977"
     values["PUSHWIRE_TAG"] = "t-sentinel"
+    values["COMPOSE_PROFILES"] = "sentinel"  # every service shows
     r = subprocess.run(cmd + ["-f", COMPOSE_FILE, "--project-directory", ROOT, "config"],
                        env=clean_env(values), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     svcs = yaml.safe_load(r.stdout)["services"]
-    assert set(svcs) == set(SERVICES)
+    assert set(svcs) == set(SERVICES + PROFILE_SERVICES)
     wrong = {}
     for var, want in sorted(documented.items()):
         if var == "PORT":
