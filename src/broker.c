@@ -824,11 +824,12 @@ static void wait_send(broker *b)
         batch = pr;
     }
     char n[16], ms[16];
-    /* Well inside the Redis timeout (the watchdog also times what waits
-     * behind it); a replica in sync answers within a round trip. */
-    unsigned t = b->cfg.timeout_ms / 4;
+    /* Half the Redis timeout at most (the watchdog times what waits behind
+     * it too), and at most a second: a replica in sync answers within a
+     * round trip and its fsync. */
+    unsigned t = b->cfg.timeout_ms / 2;
     snprintf(n, sizeof n, "%u", b->cfg.wait_replicas);
-    snprintf(ms, sizeof ms, "%u", t > 250 ? 250 : t ? t : 1);
+    snprintf(ms, sizeof ms, "%u", t > 1000 ? 1000 : t ? t : 1);
     const char *argv[3] = {"WAIT", n, ms};
     if (op_simple(b, 3, argv, wait_reply, NULL, batch) == 0) {
         b->wait_inflight = true;

@@ -1,6 +1,7 @@
 -- commit.lua - replicated publishing's second step (publish.lua's ARGV[11]):
 -- the message is on enough replicas (WAIT said so), so count it committed
--- and publish it from the stream. Also run for a duplicate publish (an
+-- and publish it, with every stored message before it not yet committed,
+-- from the stream. Also run for a duplicate publish (an
 -- Idempotency-Key seen before), whose first attempt may not have got here:
 -- subscribers drop a message they already have by its id.
 --
@@ -15,9 +16,21 @@ if srv[1] ~= ARGV[1] or not srv[2] or not m[1] or srv[2] .. m[1] ~= ARGV[2] then
   return 0
 end
 local id = tonumber(ARGV[3])
-if id > (tonumber(m[2]) or 0) then redis.call('HSET', KEYS[2], 'committed', id) end
-local e = redis.call('XRANGE', KEYS[3], ARGV[3] .. '-0', ARGV[3] .. '-0')[1]
-if e then
-  redis.call('PUBLISH', ARGV[4], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. e[2][2] .. ' ' .. e[2][4])
+local committed = tonumber(m[2]) or 0
+if id <= committed then return 1 end -- a later id's commit published it
+redis.call('HSET', KEYS[2], 'committed', id)
+-- Every message up to id is on the replicas too (replication keeps the
+-- order of writes, and ids are stored in order): publish those not yet
+-- committed with it, in order, so that commits arriving out of order (two
+-- publishers) still deliver ids in order. A long stretch (a watermark that
+-- lagged across a failover) is not replayed: subscribers see a gap and read
+-- the history instead.
+local from = committed + 1
+if id - committed > 256 then from = id end
+local es = redis.call('XRANGE', KEYS[3], string.format('%d', from) .. '-0', ARGV[3] .. '-0')
+for i = 1, #es do
+  local e = es[i]
+  redis.call('PUBLISH', ARGV[4], ARGV[2] .. ' ' .. string.match(e[1], '^%d+') .. ' ' .. e[2][2] ..
+             ' ' .. e[2][4])
 end
 return 1

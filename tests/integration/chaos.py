@@ -65,7 +65,6 @@ from urllib.parse import urlencode
 
 import clients as C
 import scenario
-from sentinel import SentinelStack
 from stack import Stack
 
 HOST = "127.0.0.1"
@@ -670,6 +669,7 @@ class Round:
                           "--max-poll-timeout", "30"]
         rargs = common
         if self.mode.startswith("sentinel"):
+            from sentinel import SentinelStack  # (it imports this module's Resp)
             nodes = ["--appendonly", "yes", "--appendfsync", "always"] \
                 if self.mode == "sentinel-strict" else []
             return SentinelStack(workers=2, relays=2, worker_args=wargs, relay_args=rargs,

@@ -9,7 +9,6 @@ with the command line it first had (a killed master comes back as the
 master it was configured as, and the sentinels turn it into a replica).
 """
 import os
-import socket
 
 from stack import Proc, Stack, free_port, wait_for
 
@@ -17,36 +16,18 @@ MASTER = "pwmaster"
 DOWN_AFTER_MS = 1000
 
 
+def _text(v):
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, list):
+        return [_text(x) for x in v]
+    return v
+
+
 def resp(port, *args, timeout=1.0):
-    """One command, the reply as Python values (RESP2)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        out = b"*%d\r\n" % len(args)
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out += b"$%d\r\n%s\r\n" % (len(a), a)
-        s.sendall(out)
-        f = s.makefile("rb")
-        return _reply(f)
-
-
-def _reply(f):
-    line = f.readline()
-    if not line:
-        raise OSError("closed")
-    t, rest = line[:1], line[1:-2]
-    if t == b"+":
-        return rest.decode()
-    if t == b"-":
-        raise RuntimeError(rest.decode())
-    if t == b":":
-        return int(rest)
-    if t == b"$":
-        n = int(rest)
-        return None if n < 0 else f.read(n + 2)[:-2].decode("utf-8", "replace")
-    if t == b"*":
-        n = int(rest)
-        return None if n < 0 else [_reply(f) for _ in range(n)]
-    raise RuntimeError("bad reply %r" % line)
+    """One command, the reply as Python values with strings (RESP2)."""
+    from chaos import Resp  # (chaos imports this module)
+    return _text(Resp(port, timeout=timeout).cmd(*args))
 
 
 def info(port, section):

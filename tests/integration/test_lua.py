@@ -331,11 +331,16 @@ def test_replicated_publishing_shows_only_committed_messages(redis):
         head, ents = read(r, k, since=0, replicated=True)
         assert head["newest"] == 2 and [e[2] for e in ents] == ['"one"', '"two"']
         assert head["newest_content"] == '"two"'
-        assert commit(r, k, e1, i1) == 1  # publishes; committed stays 2
+        # The commit of 2 published 1 and 2, in order (2 is on the replicas,
+        # so 1, stored before it, is too); the late commit of 1 publishes
+        # nothing more.
+        assert commit(r, k, e1, i1) == 1
         assert r.cmd("HGET", k["meta"], "committed") == "2"
         payloads = [sub.reply()[2].split(" ", 3) for _ in range(2)]
-        assert [(p[1], p[3]) for p in payloads] == [("2", '"two"'), ("1", '"one"')]
+        assert [(p[1], p[3]) for p in payloads] == [("1", '"one"'), ("2", '"two"')]
         assert all(p[0] == e1 for p in payloads)
+        r.cmd("PUBLISH", k["pubch"], "marker")
+        assert sub.reply()[2] == "marker"  # nothing came between
         # A third, not committed: the newest a reader sees is still 2, and a
         # client at 2 is up to date (not reset, nothing to read).
         publish(r, k, "three", replicated=True, history=10)
