@@ -745,7 +745,13 @@ def published_ports(svc):
 def test_compose_file():
     doc = compose_config()
     svcs = doc["services"]
-    assert set(svcs) == {"redis", "worker", "relay", "nginx"}
+    # The "sentinel" profile's services are listed too (compose config shows
+    # every profile); they run only with it.
+    profile = {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
+    assert set(svcs) == {"redis", "worker", "relay", "nginx"} | profile
+    for name in profile:
+        assert svcs[name].get("profiles") == ["sentinel"], name
+        assert svcs[name]["image"] == svcs["redis"]["image"], name
     for name, svc in svcs.items():
         assert svc.get("restart") == "unless-stopped", name
         assert svc.get("healthcheck", {}).get("test"), "%s has no health check" % name
@@ -782,6 +788,8 @@ def test_compose_file():
     with open(os.path.join(ROOT, "Dockerfile")) as f:
         stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", f.read(), re.M | re.I))
     for name, svc in svcs.items():
+        if name.startswith("sentinel-"):
+            continue  # the redis image, built by the redis service
         assert svc["build"]["target"] in stages, (name, svc["build"]["target"], stages)
 
     # settings come from the environment
