@@ -37,10 +37,22 @@ BAD_LOG = re.compile(
 )
 
 
+_GIVEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and never handed out before by this process:
+    a port is chosen long before its process binds it (nginx starts last),
+    and the kernel may offer a released port again meanwhile (a relay once
+    got nginx's port, and nginx shared it by reuseport)."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError("no fresh free port")
 
 
 def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
