@@ -1,7 +1,20 @@
-/* broker.h - everything this process says to Redis: two hiredis async
- * connections (commands, pub/sub) on the loop, the Lua scripts that assign
- * ids, store history and publish in one atomic step, restart detection for
- * the epoch, heartbeats, timeouts and reconnects.
+/* broker.h - everything this process says to Redis: per Redis node two
+ * hiredis async connections (commands, pub/sub) on the loop, the Lua
+ * scripts that assign ids, store history and publish in one atomic step,
+ * restart detection for the epoch, heartbeats, timeouts and reconnects.
+ *
+ * One Redis (redis://, unix://, or the master Sentinel names) is one node.
+ * With a redis+cluster:// URL there is a node per cluster node that the
+ * slot map (cluster_slots.h) has named: every key of a channel carries the
+ * hash tag {CHANNEL} (PREFIX{CHANNEL}:ch, :h, :idem/KEY), so its scripts
+ * run on the master of its slot, and its messages go out with SPUBLISH on
+ * PREFIX{CHANNEL}:msg to the SSUBSCRIBE connection of that same shard: a
+ * process subscribes on each shard to the channels it serves and nothing
+ * else. MOVED and ASK replies are followed (the command is sent again
+ * where they point); the map is reloaded from CLUSTER SLOTS after a
+ * MOVED, a lost node, and every few seconds. The heartbeat and presence
+ * keys share the tag {global}. The epoch's server generation lives in each
+ * channel's hash instead of PREFIXserver (lib.lua's gen_of).
  *
  * It knows nothing of HTTP or WebSocket; hub.c decides what to ask.
  */
@@ -39,14 +52,22 @@ typedef struct broker_config {
 } broker_config;
 
 /* Connection events, delivered from the loop. None of them may free the
- * broker. */
+ * broker. A node is the number broker_subscribe returned. */
 typedef struct broker_hooks {
     void *ctx;
-    void (*cmd_up)(void *ctx);   /* commands can be sent (scripts loaded) */
-    void (*cmd_down)(void *ctx); /* command connection lost; pending ops got errors */
-    void (*sub_up)(void *ctx);   /* pub/sub connection ready: (re)subscribe now */
-    void (*sub_down)(void *ctx); /* every subscription is gone */
+    /* More commands can be sent than before (a node's command connection
+     * is ready, or the slot map changed): retry what waits. */
+    void (*cmd_up)(void *ctx);
+    void (*cmd_down)(void *ctx); /* a command connection lost; its ops got errors */
+    /* A pub/sub connection is ready or the slot map changed: subscribe
+     * every channel that is not. */
+    void (*sub_up)(void *ctx);
+    /* Every subscription made on node is gone. */
+    void (*sub_down)(void *ctx, int node);
     void (*subscribed)(void *ctx, const char *channel);
+    /* The subscription to channel on node is gone (its slot moved to
+     * another shard, or the subscribe was refused there). */
+    void (*unsubscribed)(void *ctx, const char *channel, int node);
     void (*message)(void *ctx, const char *channel, const char *payload, size_t len);
 } broker_hooks;
 
@@ -60,6 +81,9 @@ typedef struct broker_stats {
     uint64_t publishes, publish_errors, reads, read_errors;
     uint64_t pubsub_messages;
     uint64_t wait_shortfalls; /* publishes failed: fewer replicas confirmed than asked */
+    uint64_t redirects;       /* MOVED and ASK followed (cluster) */
+    uint64_t slot_refreshes;  /* slot maps loaded (cluster) */
+    uint64_t failovers;       /* +switch-master announcements acted on (Sentinel) */
 } broker_stats;
 
 /* The broker copies cfg (strings must outlive it) and hooks. */
@@ -69,17 +93,20 @@ void broker_start(broker *b);
 /* Close connections; pending callbacks run with BROKER_EUNAVAIL first. */
 void broker_free(broker *b);
 
+/* Every node that serves slots (the one Redis) can take commands / has
+ * its pub/sub connection up, and (cluster) every slot has a master. */
 bool broker_cmd_ready(const broker *b);
 bool broker_sub_ready(const broker *b);
 const broker_stats *broker_get_stats(const broker *b);
 /* Milliseconds until the next connection attempt, for Retry-After. */
 unsigned broker_retry_after_ms(const broker *b);
 
-/* Ask for the channel's messages. Returns 0 when sent, -1 when the
- * connection is not ready (nothing sent). No confirmation callback: the
- * subscribed hook reports it. */
+/* Ask for the channel's messages. Returns the node it was sent to (>= 0),
+ * or -1 when the connection there is not ready (nothing sent). No
+ * confirmation callback: the subscribed hook reports it. */
 int broker_subscribe(broker *b, const char *channel);
-int broker_unsubscribe(broker *b, const char *channel);
+/* Drop a subscription made on node (broker_subscribe's answer). */
+int broker_unsubscribe(broker *b, const char *channel, int node);
 
 typedef struct broker_pub_result {
     int err;              /* BROKER_OK / BROKER_EUNAVAIL / BROKER_EREDIS */

@@ -73,6 +73,12 @@ int daemon_setup(daemon_common *c, const char *prog, redis_url *url)
         fprintf(stderr, "error: --redis: %s\n", why);
         return -1;
     }
+    if (redis_url_is_cluster(url) && strpbrk(c->prefix, "{}")) {
+        /* Every key of a channel shares the hash tag {CHANNEL}, which
+         * must be the first braces of the key. */
+        fprintf(stderr, "error: --prefix must not contain { or } with a redis+cluster:// URL\n");
+        return -1;
+    }
     auth_config ac = {.private_channels = c->private_channels,
                       .secret_file = c->jwt_secret_file,
                       .public_key_file = c->jwt_public_key_file,

@@ -48,6 +48,7 @@ struct hub_channel {
     hub_read *reads;
     hub_channel *idle_prev, *idle_next; /* on the idle list while nsubs == 0 */
     uint8_t sub_state;
+    int sub_node; /* where the subscription was sent (broker_subscribe) */
     bool synced;
     bool sync_inflight;
     bool resync_after; /* pub/sub overflowed the pending queue during a sync */
@@ -168,7 +169,7 @@ static bool evict_one(hub *h)
         if (c->reads)
             continue;
         if (c->sub_state != CH_UNSUB)
-            broker_unsubscribe(h->b, c->name);
+            broker_unsubscribe(h->b, c->name, c->sub_node);
         ch_free(c);
         h->stats.evicted++;
         return true;
@@ -245,7 +246,7 @@ static void linger_cb(loop *l, timer *t)
     }
     HUB_ENTER(h);
     if (ch->sub_state != CH_UNSUB)
-        broker_unsubscribe(h->b, ch->name);
+        broker_unsubscribe(h->b, ch->name, ch->sub_node);
     ch_free(ch);
     HUB_LEAVE(h);
 }
@@ -765,10 +766,13 @@ static void ch_process_waiting(hub_channel *ch)
 
 static void ch_subscribe(hub_channel *ch)
 {
-    if (ch->sub_state != CH_UNSUB || !broker_sub_ready(ch->h->b))
+    if (ch->sub_state != CH_UNSUB)
         return;
-    if (broker_subscribe(ch->h->b, ch->name) == 0)
+    int node = broker_subscribe(ch->h->b, ch->name);
+    if (node >= 0) {
         ch->sub_state = CH_SUBSCRIBING;
+        ch->sub_node = node;
+    }
 }
 
 /* ---- the decision for one subscriber ------------------------------------------- */
@@ -896,16 +900,41 @@ static void on_sub_up(void *ctx)
     HUB_LEAVE(h);
 }
 
-static void on_sub_down(void *ctx)
+/* The subscription is gone: the channel waits for the next one, and
+ * re-reads from Redis what it missed meanwhile. */
+static void ch_lost(hub_channel *c)
+{
+    c->sub_state = CH_UNSUB;
+    pending_clear(c);
+    ch_unsync(c);
+}
+
+static void on_sub_down(void *ctx, int node)
 {
     hub *h = ctx;
     HUB_ENTER(h);
     for (size_t i = 0; i < h->buckets; i++)
-        for (hub_channel *c = h->table[i]; c; c = c->hnext) {
-            c->sub_state = CH_UNSUB;
-            pending_clear(c);
-            ch_unsync(c);
-        }
+        for (hub_channel *c = h->table[i]; c; c = c->hnext)
+            if (c->sub_state == CH_UNSUB || c->sub_node == node)
+                ch_lost(c);
+    /* The same channels may be served elsewhere (another shard now). */
+    for (size_t i = 0; i < h->buckets; i++)
+        for (hub_channel *c = h->table[i]; c; c = c->hnext)
+            if (c->nsubs)
+                ch_subscribe(c);
+    HUB_LEAVE(h);
+}
+
+static void on_unsubscribed(void *ctx, const char *name, int node)
+{
+    hub *h = ctx;
+    hub_channel *ch = ch_find(h, name);
+    if (!ch || ch->sub_state == CH_UNSUB || ch->sub_node != node)
+        return;
+    HUB_ENTER(h);
+    ch_lost(ch);
+    if (ch->nsubs)
+        ch_subscribe(ch);
     HUB_LEAVE(h);
 }
 
@@ -983,6 +1012,7 @@ hub *hub_new(loop *l, const hub_config *cfg)
                           .sub_up = on_sub_up,
                           .sub_down = on_sub_down,
                           .subscribed = on_subscribed,
+                          .unsubscribed = on_unsubscribed,
                           .message = on_message};
     h->b = broker_new(l, &cfg->broker, &hooks);
     h->presence.cb = presence_cb;

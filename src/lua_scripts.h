@@ -11,6 +11,7 @@ extern const char lua_read[];      /* lib.lua + read.lua */
 extern const char lua_heartbeat[]; /* heartbeat.lua */
 extern const char lua_procs[];     /* procs.lua */
 extern const char lua_info[];      /* lib.lua + info.lua */
+extern const char lua_subs[];      /* subs.lua */
 extern const char lua_channels[];  /* channels.lua */
 extern const char lua_commit[];    /* commit.lua */
 

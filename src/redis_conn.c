@@ -68,13 +68,43 @@ static void ev_cleanup(void *p)
     c->w.fd = -1;
 }
 
+/* A pub/sub connection past its AUTH reads every reply itself and hands
+ * each to the push hook: hiredis 0.14's own dispatch knows only SUBSCRIBE
+ * and PSUBSCRIBE (a Redis 7 "smessage" would find no callback and abort
+ * it), and it looks every message's channel up in a dictionary we do not
+ * need. */
+static void raw_read(redis_conn *c)
+{
+    redisAsyncContext *ac = c->ac;
+    if (redisBufferRead(&ac->c) != REDIS_OK) {
+        char why[160];
+        snprintf(why, sizeof why, "%s", ac->c.errstr[0] ? ac->c.errstr : "closed");
+        rc_fail(c, why);
+        return;
+    }
+    while (c->ac == ac) {
+        void *reply = NULL;
+        if (redisReaderGetReply(ac->c.reader, &reply) != REDIS_OK) {
+            rc_fail(c, "protocol error from Redis");
+            return;
+        }
+        if (!reply)
+            break;
+        if (c->hooks.push)
+            c->hooks.push(c->hooks.ctx, c, reply); /* may fail the connection */
+        freeReplyObject(reply);
+    }
+}
+
 static void conn_io(loop *l, io_watch *w, uint32_t revents)
 {
     (void)l;
     redis_conn *c = (redis_conn *)((char *)w - offsetof(redis_conn, w));
     /* Either handler may free the context (and call our callbacks, which
      * set c->ac = NULL); check before the second. */
-    if (c->ac && (revents & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+    if (c->ac && c->raw && (revents & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+        raw_read(c);
+    else if (c->ac && (revents & (EPOLLIN | EPOLLERR | EPOLLHUP)))
         redisAsyncHandleRead(c->ac);
     if (c->ac && (revents & EPOLLOUT))
         redisAsyncHandleWrite(c->ac);
@@ -119,19 +149,14 @@ int rc_send(redis_conn *c, int argc, const char **argv, const size_t *lens, rc_r
     return 0;
 }
 
-static void push_reply(redisAsyncContext *ac, void *reply, void *privdata)
-{
-    (void)privdata;
-    redis_conn *c = ac->data;
-    if (c->hooks.push)
-        c->hooks.push(c->hooks.ctx, c, reply);
-}
-
 int rc_push_send(redis_conn *c, int argc, const char **argv, const size_t *lens)
 {
-    if (!c->ac || !c->pubsub || c->asking)
+    if (!c->ac || !c->pubsub || !c->raw)
         return -1;
-    return redisAsyncCommandArgv(c->ac, push_reply, NULL, argc, argv, lens) == REDIS_OK ? 0 : -1;
+    if (redisAppendCommandArgv(&c->ac->c, argc, argv, lens) != REDIS_OK)
+        return -1;
+    ev_add_write(c); /* hiredis's write handler flushes the buffer */
+    return 0;
 }
 
 static void watchdog_cb(loop *l, timer *t)
@@ -181,6 +206,7 @@ static void conn_lost(redis_conn *c, const char *why)
         return;
     c->state = RC_DOWN;
     c->ac = NULL;
+    c->raw = false;
     c->w.fd = -1;
     c->w.events = 0;
     c->lookup_wanted = false;
@@ -309,7 +335,7 @@ static void choose_target(redis_conn *c)
         c->target = c->answer;
     } else {
         c->asking = true;
-        c->target = u->sentinels[c->sentinel_next % (unsigned)u->nsentinels];
+        c->target = u->hosts[c->sentinel_next % (unsigned)u->nhosts];
     }
 }
 
@@ -359,7 +385,7 @@ static void auth_reply(redis_conn *c, void *reply, void *arg)
 
 /* The pub/sub connection's AUTH: the owner's handshake (SUBSCRIBE, then
  * ready) waits for it, since a refused SUBSCRIBE would come back as a push
- * nobody recognises. */
+ * nobody recognises; after it the connection reads raw (raw_read). */
 static void push_auth_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     (void)privdata;
@@ -371,6 +397,7 @@ static void push_auth_reply(redisAsyncContext *ac, void *reply, void *privdata)
         auth_reply(c, reply, NULL);
         return;
     }
+    c->raw = true; /* nothing else waits for a hiredis callback */
     c->hooks.handshake(c->hooks.ctx, c);
 }
 
@@ -397,6 +424,7 @@ static void handshake_start(redis_conn *c)
         size_t lens[2] = {6, strlen(db)};
         rc_send(c, 2, argv, lens, auth_reply, NULL);
     }
+    c->raw = c->pubsub;
     c->hooks.handshake(c->hooks.ctx, c);
 }
 

@@ -48,8 +48,9 @@ typedef struct redis_conn_hooks {
     void (*up)(void *ctx, redis_conn *c);
     /* Lost; was_ready tells a drop from a failed attempt. */
     void (*down)(void *ctx, redis_conn *c, bool was_ready, const char *why);
-    /* Pub/sub connections: every reply and message (a redisReply *; NULL
-     * when the connection goes). */
+    /* Pub/sub connections: every reply and message, in order, as a
+     * redisReply * freed after the hook returns (the down hook tells when
+     * the connection goes). */
     void (*push)(void *ctx, redis_conn *c, void *reply);
 } redis_conn_hooks;
 
@@ -64,6 +65,7 @@ struct redis_conn {
     const char *name; /* "commands" / "pub/sub", for logs */
     unsigned timeout_ms;
     bool pubsub; /* replies are pushes: no watchdog on them */
+    bool raw;    /* pub/sub past AUTH: every reply goes to hooks.push (redis_conn.c) */
     /* Where this attempt connects: the URL's host, a sentinel (asking), or
      * the master a sentinel named. */
     redis_hostport target;
@@ -98,7 +100,8 @@ void rc_free(redis_conn *c);
  * cannot take commands (cb never runs). */
 int rc_send(redis_conn *c, int argc, const char **argv, const size_t *lens, rc_reply_cb *cb,
             void *arg);
-/* Send on a pub/sub connection; what comes back goes to hooks.push. */
+/* Send on a pub/sub connection from its handshake on; what comes back goes
+ * to hooks.push. */
 int rc_push_send(redis_conn *c, int argc, const char **argv, const size_t *lens);
 
 /* The handshake is complete. */

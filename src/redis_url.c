@@ -88,6 +88,42 @@ static int parse_hostport(const char *p, size_t n, char *host, size_t cap, int *
     return 0;
 }
 
+/* A list "h1[:p1],h2[:p2]..." ending at end, into out->hosts. */
+static int parse_hosts(const char *p, const char *end, int defport, const char *what,
+                       redis_url *out, const char **why)
+{
+    for (const char *h = p; h <= end;) {
+        const char *comma = memchr(h, ',', (size_t)(end - h));
+        const char *he = comma ? comma : end;
+        if (out->nhosts == REDIS_URL_MAX_HOSTS) {
+            *why = what;
+            return -1;
+        }
+        redis_hostport *s = &out->hosts[out->nhosts];
+        s->port = defport;
+        if (parse_hostport(h, (size_t)(he - h), s->host, sizeof s->host, &s->port, why) < 0)
+            return -1;
+        out->nhosts++;
+        h = he + 1;
+    }
+    return 0;
+}
+
+/* The seed nodes of redis+cluster://: "h1[:p1],h2[:p2]...[/]", with the
+ * user-info already taken. */
+static int parse_cluster(const char *p, redis_url *out, const char **why)
+{
+    size_t n = strlen(p);
+    if (n && p[n - 1] == '/')
+        n--;
+    if (memchr(p, '/', n) || memchr(p, '?', n)) {
+        *why = "redis+cluster:// URL takes only host[:port],... (a cluster has no database but 0)";
+        return -1;
+    }
+    out->cluster = 1;
+    return parse_hosts(p, p + n, 6379, "too many seed nodes in Redis URL (at most 8)", out, why);
+}
+
 /* The sentinels' part of redis+sentinel://: "h1[:p1],h2[:p2]/master[/db]"
  * and the query, with the user-info already taken. */
 static int parse_sentinel(const char *p, redis_url *out, const char **why)
@@ -99,20 +135,8 @@ static int parse_sentinel(const char *p, redis_url *out, const char **why)
         *why = "redis+sentinel:// URL needs /master-name after the sentinels";
         return -1;
     }
-    for (const char *h = p; h <= slash;) {
-        const char *comma = memchr(h, ',', (size_t)(slash - h));
-        const char *he = comma ? comma : slash;
-        if (out->nsentinels == REDIS_URL_MAX_SENTINELS) {
-            *why = "too many sentinels in Redis URL (at most 8)";
-            return -1;
-        }
-        redis_hostport *s = &out->sentinels[out->nsentinels];
-        s->port = 26379;
-        if (parse_hostport(h, (size_t)(he - h), s->host, sizeof s->host, &s->port, why) < 0)
-            return -1;
-        out->nsentinels++;
-        h = he + 1;
-    }
+    if (parse_hosts(p, slash, 26379, "too many sentinels in Redis URL (at most 8)", out, why) < 0)
+        return -1;
     const char *name = slash + 1;
     const char *ne = memchr(name, '/', (size_t)(end - name));
     const char *name_end = ne ? ne : end;
@@ -169,15 +193,18 @@ int redis_url_parse(const char *s, redis_url *out, const char **why)
         return 0;
     }
     const char *p = s;
-    bool sentinel = false;
+    bool sentinel = false, cluster = false;
     if (strncmp(p, "redis://", 8) == 0) {
         p += 8;
     } else if (strncmp(p, "redis+sentinel://", 17) == 0) {
         p += 17;
         sentinel = true;
+    } else if (strncmp(p, "redis+cluster://", 16) == 0) {
+        p += 16;
+        cluster = true;
     } else if (strstr(p, "://")) {
-        *why = "unsupported URL scheme (use redis://, redis+sentinel:// or unix://; TLS is not "
-               "built in)";
+        *why = "unsupported URL scheme (use redis://, redis+sentinel://, redis+cluster:// or "
+               "unix://; TLS is not built in)";
         return -1;
     }
     /* The user-info ends at the last '@' before any query. */
@@ -203,6 +230,8 @@ int redis_url_parse(const char *s, redis_url *out, const char **why)
     }
     if (sentinel)
         return parse_sentinel(p, out, why);
+    if (cluster)
+        return parse_cluster(p, out, why);
     const char *slash = strchr(p, '/');
     size_t hostport = slash ? (size_t)(slash - p) : strlen(p);
     if (parse_hostport(p, hostport, out->host, sizeof out->host, &out->port, why) < 0)
@@ -223,7 +252,10 @@ char *redis_url_redact(const char *s, char *out, size_t cap)
     if (!s)
         s = "";
     bool sentinel = strncmp(s, "redis+sentinel://", 17) == 0;
-    const char *p = strncmp(s, "redis://", 8) == 0 ? s + 8 : sentinel ? s + 17 : s;
+    const char *p = strncmp(s, "redis://", 8) == 0           ? s + 8
+                    : sentinel                               ? s + 17
+                    : strncmp(s, "redis+cluster://", 16) == 0 ? s + 16
+                                                             : s;
     /* The same user-info as redis_url_parse: up to the last '@' (before a
      * Sentinel URL's query). */
     const char *qm = sentinel ? strchr(p, '?') : NULL;

@@ -40,7 +40,7 @@ int sw_parse_switch(const char *payload, size_t len, const char *name, redis_hos
 static void point_at(sentinel_watch *w)
 {
     const redis_url *s = w->src;
-    const redis_hostport *hp = &s->sentinels[w->next % (unsigned)s->nsentinels];
+    const redis_hostport *hp = &s->hosts[w->next % (unsigned)s->nhosts];
     memset(&w->url, 0, sizeof w->url);
     snprintf(w->url.host, sizeof w->url.host, "%s", hp->host);
     w->url.port = hp->port;

@@ -7,7 +7,8 @@
 --
 -- KEYS: 1 server, 2 channel meta, 3 channel stream.
 -- ARGV: 1 run_id of the server behind this connection, 2 the epoch and
---       3 the id publish.lua returned, 4 the pub/sub channel.
+--       3 the id publish.lua returned, 4 the pub/sub channel, 5 PUBLISH or
+--       SPUBLISH (publish.lua's ARGV[12]; default PUBLISH).
 -- Returns 1, or 0 when the channel or the server is not the one the
 -- message was stored in (it was then not published).
 local srv = redis.call('HMGET', KEYS[1], 'runid', 'gen')
@@ -30,7 +31,7 @@ if id - committed > 256 then from = id end
 local es = redis.call('XRANGE', KEYS[3], string.format('%d', from) .. '-0', ARGV[3] .. '-0')
 for i = 1, #es do
   local e = es[i]
-  redis.call('PUBLISH', ARGV[4], ARGV[2] .. ' ' .. string.match(e[1], '^%d+') .. ' ' .. e[2][2] ..
+  redis.call(ARGV[5] or 'PUBLISH', ARGV[4], ARGV[2] .. ' ' .. string.match(e[1], '^%d+') .. ' ' .. e[2][2] ..
              ' ' .. e[2][4])
 end
 return 1

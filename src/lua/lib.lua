@@ -5,10 +5,31 @@
 -- when the Redis server answering is not the one that last answered (a
 -- restart, a failover) and that server may have lost acknowledged writes:
 -- then ids may have gone back and clients must reset.
---   ARGV[1] run_id of the server behind this connection
---   ARGV[2] "1" when that server cannot have lost acknowledged writes
+-- srv is PREFIXserver, or on a cluster the channel's own hash (a script
+-- may touch only its slot's keys: the generation is then kept per channel,
+-- and changes on the channels of the shard that changed).
+--   ARGV[1] run_id of the server behind this connection; on a cluster
+--           RUNID@NODEID (CLUSTER MYID, which survives restarts)
+--   ARGV[2] flags: the first "1" when that server cannot have lost a write
+--           it acknowledged; the second (cluster) "1" when a channel last
+--           written by another node is intact here: it came by a slot
+--           migration (MIGRATE moves a key whole), not from a replica's copy
 --   ARGV[3] a fresh random generation
---
+local function gen_of(srv)
+  local cur = redis.call('HMGET', srv, 'runid', 'gen')
+  local gen = cur[2]
+  if cur[1] == ARGV[1] and gen then return gen end
+  if gen then
+    local node = string.match(ARGV[1], '@(.+)$')
+    local prev = cur[1] and string.match(cur[1], '@(.+)$')
+    local flag = (node and prev and node ~= prev) and 2 or 1
+    if string.sub(ARGV[2], flag, flag) ~= '1' then gen = ARGV[3] end
+  else
+    gen = ARGV[3]
+  end
+  redis.call('HSET', srv, 'runid', ARGV[1], 'gen', gen)
+  return gen
+end
 -- state_of: the channel's state, KEYS[2] a hash {seq, ep} and KEYS[3] a
 -- stream of {t, c} with ids "N-0". A missing hash means a new incarnation
 -- of the channel: a fresh ep (ARGV[4]), ids from 1, and any leftover stream
@@ -24,14 +45,6 @@
 -- is reset instead of skipping ids silently. Both repairs are logged in
 -- the Redis log.
 -- Returns seq, ep, the newest entry (or nil) and, with full, the oldest id.
-local function gen_of(srv)
-  local cur = redis.call('HMGET', srv, 'runid', 'gen')
-  local gen = cur[2]
-  if cur[1] == ARGV[1] and gen then return gen end
-  if (not gen) or ARGV[2] ~= '1' then gen = ARGV[3] end
-  redis.call('HSET', srv, 'runid', ARGV[1], 'gen', gen)
-  return gen
-end
 local function id_of(entry) return tonumber(string.match(entry[1], '^%d+')) end
 -- A new incarnation: an empty stream, seq 0, a fresh ep; ttl for a new hash
 -- (a repaired one keeps its own).

@@ -5,7 +5,8 @@
 --       literal), 7 history (messages kept), 8 pub/sub channel,
 --       9 "1" to use the idempotency key, 10 its ttl (seconds),
 --       11 "1" for replicated publishing (broker.h's wait_replicas): store
---       only; commit.lua publishes once replicas have it.
+--       only; commit.lua publishes once replicas have it, 12 the command
+--       that publishes: PUBLISH, or SPUBLISH on a cluster (default PUBLISH).
 -- Returns {epoch, id, duplicate}: duplicate is 1 when the idempotency key
 -- was seen within its ttl, and then nothing was stored or published.
 --
@@ -34,7 +35,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('EXPIRE', KEYS[3], ARGV[5])
 local epoch = gen .. ep
 if not replicated then
-  redis.call('PUBLISH', ARGV[8], epoch .. ' ' .. sseq .. ' ' .. sms .. ' ' .. ARGV[6])
+  redis.call(ARGV[12] or 'PUBLISH', ARGV[8], epoch .. ' ' .. sseq .. ' ' .. sms .. ' ' .. ARGV[6])
 end
 if ARGV[9] == '1' then
   redis.call('SET', KEYS[4], epoch .. ' ' .. sseq, 'EX', ARGV[10])

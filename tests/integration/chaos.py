@@ -42,6 +42,10 @@ What the checker asserts (SPEC.md; "epoch" E, channel newest id N, history H):
   whichever server is master, so they cause failovers: strict rounds must
   keep one epoch per channel like "always", default ones may reset but
   never skip, like "everysec";
+* on Redis Cluster (mode "cluster": three masters with a replica each),
+  the Redis faults hit the master of slot 0, whichever node that is: a
+  stop or kill longer than the node timeout fails it over; like
+  "everysec", resets but never a skip;
 * every error a client got is JSON (503 with Retry-After), no valid request
   got another 4xx, every SIGTERMed process exited 0 within 10 s, no process
   died that the scheduler did not kill, and no log has a sanitizer report,
@@ -142,6 +146,14 @@ def redis_channel_state(port, channel, prefix="pw:"):
         entries.append((int(sid.decode().split("-")[0]),
                         C.content_key(json.loads(fd["c"].decode("utf-8")))))
     return epoch, seq, entries
+
+
+def channel_state(s, channel):
+    """redis_channel_state from wherever the stack keeps the channel (on a
+    cluster, the master of its slot)."""
+    if hasattr(s, "channel_state"):
+        return s.channel_state(channel)
+    return redis_channel_state(s.redis_port, channel)
 
 
 # ---- publishers --------------------------------------------------------------------------
@@ -668,6 +680,10 @@ class Round:
         wargs = common + ["--history", str(self.history), "--sse-heartbeat", "2",
                           "--max-poll-timeout", "30"]
         rargs = common
+        if self.mode == "cluster":
+            from cluster import ClusterStack  # (it imports this module's Resp)
+            return ClusterStack(workers=2, relays=2, worker_args=wargs, relay_args=rargs,
+                                nginx_env={"SHUTDOWN_TIMEOUT": "5s"})
         if self.mode.startswith("sentinel"):
             from sentinel import SentinelStack  # (it imports this module's Resp)
             nodes = ["--appendonly", "yes", "--appendfsync", "always"] \
@@ -860,7 +876,7 @@ class Round:
             state, deadline = None, time.monotonic() + 90
             while time.monotonic() < deadline:
                 try:
-                    state = (await asyncio.to_thread(redis_channel_state, s.redis_port, ch))[:2]
+                    state = (await asyncio.to_thread(channel_state, s, ch))[:2]
                 except (OSError, RuntimeError):
                     state = None
                 if state and all(c.position() == state for c in fl):
@@ -1103,7 +1119,7 @@ class Round:
         self.final = {}
 
         def state():
-            return {ch: redis_channel_state(s.redis_port, ch)
+            return {ch: channel_state(s, ch)
                     for ch in list(self.channel_of.values()) + list(self.extra_channels)}
 
         async def converged():

@@ -35,7 +35,7 @@ typedef struct mchan {
     bool subscribed; /* on the pub/sub connection, at Redis */
 } mchan;
 
-enum qkind { Q_READ, Q_PUBLISH, Q_PROCS, Q_SUBSCRIBE, Q_UNSUBSCRIBE, Q_CONFIRM, Q_MESSAGE };
+enum qkind { Q_READ, Q_PUBLISH, Q_PROCS, Q_SUBSCRIBE, Q_UNSUBSCRIBE, Q_CONFIRM, Q_MESSAGE, Q_LOST };
 
 typedef struct qitem {
     struct qitem *next;
@@ -320,7 +320,12 @@ static int sub_send(broker *b, enum qkind kind, const char *channel)
 }
 
 int broker_subscribe(broker *b, const char *channel) { return sub_send(b, Q_SUBSCRIBE, channel); }
-int broker_unsubscribe(broker *b, const char *channel) { return sub_send(b, Q_UNSUBSCRIBE, channel); }
+int broker_unsubscribe(broker *b, const char *channel, int node)
+{
+    if (node != 0)
+        fail(b->s, "UNSUBSCRIBE %s on node %d: the sim has one", channel, node);
+    return sub_send(b, Q_UNSUBSCRIBE, channel);
+}
 
 int broker_publish(broker *b, const char *channel, const char *json, size_t json_len,
                    const char *idem_key, broker_pub_cb *cb, void *arg)
@@ -586,8 +591,23 @@ void sim_sub_drop(sim *s)
         free(it);
     for (int i = 0; i < s->nch; i++)
         s->ch[i].subscribed = false;
-    s->b->hooks.sub_down(s->b->hooks.ctx);
+    s->b->hooks.sub_down(s->b->hooks.ctx, 0);
     check(s);
+}
+
+/* The server drops one subscription and says so after what it delivered
+ * before (a cluster slot moving to another shard). */
+void sim_sub_lost(sim *s, int ch)
+{
+    mchan *c = &s->ch[ch];
+    if (!s->sub_ready || !c->subscribed)
+        return;
+    say(s, "pub/sub: the server drops %s", c->name);
+    c->subscribed = false;
+    qitem *it = xcalloc(1, sizeof *it);
+    it->kind = Q_LOST;
+    it->ch = ch;
+    q_push(&s->subq_in, it);
 }
 
 void sim_restart(sim *s, bool lossy, unsigned lose)
@@ -756,6 +776,9 @@ bool sim_sub_deliver(sim *s)
     if (it->kind == Q_CONFIRM) {
         say(s, "pub/sub: subscribed %s", name);
         s->b->hooks.subscribed(s->b->hooks.ctx, name);
+    } else if (it->kind == Q_LOST) {
+        say(s, "pub/sub: %s unsubscribed by the server", name);
+        s->b->hooks.unsubscribed(s->b->hooks.ctx, name, 0);
     } else {
         say(s, "pub/sub: message %s", it->payload);
         s->b->hooks.message(s->b->hooks.ctx, name, it->payload, strlen(it->payload));
@@ -988,6 +1011,8 @@ void sim_step(sim *s, uint8_t op, uint8_t arg)
     case 20:
         if (arg < 16)
             sim_forget(s, arg);
+        else if (arg < 32)
+            sim_sub_lost(s, arg % SIM_CHANNELS);
         break;
     case 21:
         while (sim_cmd_exec(s))

@@ -62,6 +62,8 @@ void sim_sub_drop(sim *s);
 void sim_restart(sim *s, bool lossy, unsigned lose);
 /* The channel's state expired in Redis (history TTL). */
 void sim_forget(sim *s, int ch);
+/* The server drops channel ch's subscription (a cluster slot moved). */
+void sim_sub_lost(sim *s, int ch);
 
 /* Redis side. */
 void sim_publish(sim *s, int ch);

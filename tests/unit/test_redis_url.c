@@ -97,6 +97,43 @@ static void test_unix_forms(void **state)
     expect_refused(url);
 }
 
+static void test_cluster_forms(void **state)
+{
+    (void)state;
+    redis_url u;
+    const char *why;
+    assert_int_equal(redis_url_parse("redis+cluster://a:7000,10.0.0.2,[::1]:7002/", &u, &why), 0);
+    assert_true(redis_url_is_cluster(&u));
+    assert_false(redis_url_is_sentinel(&u));
+    assert_int_equal(u.nhosts, 3);
+    assert_string_equal(u.hosts[0].host, "a");
+    assert_int_equal(u.hosts[0].port, 7000);
+    assert_string_equal(u.hosts[1].host, "10.0.0.2");
+    assert_int_equal(u.hosts[1].port, 6379);
+    assert_string_equal(u.hosts[2].host, "::1");
+    assert_int_equal(u.hosts[2].port, 7002);
+    assert_int_equal(u.db, 0);
+    assert_int_equal(redis_url_parse("redis+cluster://u:p%40w@n1:1", &u, &why), 0);
+    assert_string_equal(u.user, "u");
+    assert_string_equal(u.password, "p@w");
+    assert_int_equal(u.nhosts, 1);
+    assert_int_equal(redis_url_parse("redis://h", &u, &why), 0);
+    assert_false(redis_url_is_cluster(&u));
+    const char *bad[] = {
+        "redis+cluster://",
+        "redis+cluster://n1/1",
+        "redis+cluster://n1?x=1",
+        "redis+cluster://n1,,n2",
+        "redis+cluster://n1:0",
+        "redis+cluster://a,b,c,d,e,f,g,h,i",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        expect_refused(bad[i]);
+    char out[128];
+    assert_string_equal(redis_url_redact("redis+cluster://u:secret@n1:1,n2:2", out, sizeof out),
+                        "redis+cluster://u:***@n1:1,n2:2");
+}
+
 static void test_refusals(void **state)
 {
     (void)state;
@@ -191,10 +228,10 @@ static void expect_sentinel(const char *s, const char *name, int db, const char 
     assert_int_equal(u.db, db);
     assert_string_equal(u.password, pw);
     assert_string_equal(u.sentinel_password, spw);
-    assert_int_equal(u.nsentinels, n);
+    assert_int_equal(u.nhosts, n);
     for (int i = 0; i < n; i++) {
-        assert_string_equal(u.sentinels[i].host, hosts[i]);
-        assert_int_equal(u.sentinels[i].port, ports[i]);
+        assert_string_equal(u.hosts[i].host, hosts[i]);
+        assert_int_equal(u.hosts[i].port, ports[i]);
     }
 }
 
@@ -216,7 +253,7 @@ static void test_sentinel_forms(void **state)
     const char *why;
     assert_int_equal(redis_url_parse("redis://h", &u, &why), 0);
     assert_false(redis_url_is_sentinel(&u));
-    assert_int_equal(u.nsentinels, 0);
+    assert_int_equal(u.nhosts, 0);
     const char *bad[] = {
         "redis+sentinel://s1",
         "redis+sentinel://s1/",
@@ -278,6 +315,7 @@ int main(void)
         cmocka_unit_test(test_tcp_forms),
         cmocka_unit_test(test_unix_forms),
         cmocka_unit_test(test_sentinel_forms),
+        cmocka_unit_test(test_cluster_forms),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_percent_decoding),
         cmocka_unit_test(test_redaction),
