@@ -2,7 +2,8 @@
 
 For a bounded time, a stack of nginx, Redis (append-only, appendfsync
 always in one test and everysec in another; in the last two a master, a
-replica and three sentinels, with and without --redis-wait-replicas 1),
+replica and three sentinels, with and without --redis-wait-replicas 1; in
+the last a Redis Cluster of three masters with a replica each),
 2 workers and 2 relays serves
 clients on all three transports (long-poll, WebSocket through nginx and
 straight to a relay, EventSource) on three channels, all resuming with
@@ -17,7 +18,7 @@ applies SPEC.md to everything observed (its docstring lists what exactly).
   PW_CHAOS_SEED=N          replay a seed (it is printed at the start and in
                            every failure)
   PW_CHAOS_ROUND=K         only round K of that seed
-  PW_CHAOS_SECONDS=3600    total fault time (default 100: 25 s per mode),
+  PW_CHAOS_SECONDS=3600    total fault time (default 125: 25 s per mode),
                            in rounds of PW_CHAOS_ROUND_SECONDS (at most 120)
 
 A replay repeats the same schedule of faults and client behaviour; the
@@ -31,8 +32,8 @@ import chaos
 import clients as C
 from stack import RESULTS
 
-MODES = ("always", "everysec", "sentinel-strict", "sentinel")
-BUDGET = float(os.environ.get("PW_CHAOS_SECONDS", "100"))
+MODES = ("always", "everysec", "sentinel-strict", "sentinel", "cluster")
+BUDGET = float(os.environ.get("PW_CHAOS_SECONDS", "125"))
 SEED = chaos.master_seed()
 
 

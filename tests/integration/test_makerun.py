@@ -444,3 +444,102 @@ def test_make_run_sentinel_mode_fails_over(makerun):
     m.signal(signal.SIGTERM)
     rc = m.wait(60)
     assert_stopped(m, rc, expect_rc=(0, -signal.SIGTERM))
+
+
+def test_make_run_cluster_mode_fails_over(makerun):
+    """REDIS_MODE=cluster make run: a Redis Cluster of three masters with a
+    replica each, with a password; channels on every shard; one master
+    stalled (SIGSTOP) past the node timeout: its replica takes over, and
+    publishing to that shard goes on with ids that never go back in an
+    epoch; SIGTERM stops all of it."""
+    for _ in range(50):
+        base = free_port_run(6)
+        if base + 10006 < 65535 and free_port_run_at(base + 10000, 6):
+            break
+    else:
+        raise AssertionError("no two runs of 6 free ports 10000 apart")
+    m = makerun(workers=1, relays=1, env={"REDIS_MODE": "cluster",
+                                          "REDIS_PORT_BASE": str(base)}).start()
+    assert "cluster: 3 masters + 3 replicas on 127.0.0.1:%d-%d" % (base, base + 5) in m.text()
+    with open(os.path.join(m.run_dir, "redis-password")) as f:
+        pw = f.read().strip()
+
+    def cli(port, *args):
+        return subprocess.run(["redis-cli", "-p", str(port)] + list(args), capture_output=True,
+                              text=True, timeout=10, env=dict(os.environ, REDISCLI_AUTH=pw)).stdout
+
+    def masters():
+        out = {}
+        for line in cli(base, "CLUSTER", "NODES").splitlines():
+            f = line.split()
+            if "master" in f[2] and "fail" not in f[2] and len(f) > 8:
+                out[int(f[1].split(":")[1].split("@")[0])] = f[8:]
+        return out
+
+    assert len(masters()) == 3
+    assert "NOAUTH" in subprocess.run(["redis-cli", "-p", str(base), "GET", "x"],
+                                      capture_output=True, text=True, timeout=10).stdout
+
+    def publish(ch, content):
+        import urllib.parse
+        import urllib.request
+        body = urllib.parse.urlencode({"content": content, "channel": ch}).encode()
+        with urllib.request.urlopen("http://%s:%d/chat" % (HOST, m.port), body, timeout=10) as r:
+            return json.loads(r.read())
+
+    def master_of(ch):
+        slot = int(cli(base, "CLUSTER", "KEYSLOT", "pw:{%s}:ch" % ch))
+        for port, ranges in masters().items():
+            for r in ranges:
+                lo, _, hi = r.partition("-")
+                if r[0] != "[" and int(lo) <= slot <= int(hi or lo):
+                    return port
+    chans, shards = [], set()
+    while len(shards) < 3:
+        ch = unique_channel("mr-cl")
+        chans.append(ch)
+        shards.add(master_of(ch))
+    for ch in chans:
+        assert publish(ch, "first")["id"] == 1
+    victim_ch = chans[0]
+    vport = master_of(victim_ch)
+    pid = int(re.search(r"process_id:(\d+)", cli(vport, "INFO", "server")).group(1))
+    m.record()
+    acks = []
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: vport not in masters(), timeout=30, interval=0.2,
+                 what="the failover of port %d" % vport)
+        t0 = time.monotonic()
+        while time.monotonic() < t0 + 30 and len(acks) < 5:
+            try:
+                acks.append(publish(victim_ch, "m%d" % len(acks)))
+            except OSError:
+                time.sleep(0.2)  # 503 while the processes move over
+        assert len(acks) == 5, "publishing did not go on after the failover: %r" % acks
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    ids = [a["id"] for a in acks if a["epoch"] == acks[-1]["epoch"]]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), acks
+    st, body = m.get("/status?since=0&channel=" + victim_ch)
+    doc = json.loads(body)
+    assert st == 200 and doc["epoch"] == acks[-1]["epoch"], doc
+    assert [x["id"] for x in doc["messages"]][-len(ids):] == ids, (doc, acks)
+    for ch in chans[1:]:  # the other shards never noticed
+        assert publish(ch, "second")["id"] == 2
+    wait_for(lambda: "role:slave" in cli(vport, "INFO", "replication"), timeout=60, interval=0.5,
+             what="the old master to become a replica")
+    m.signal(signal.SIGTERM)
+    rc = m.wait(60)
+    assert_stopped(m, rc, expect_rc=(0, -signal.SIGTERM))
+
+
+def free_port_run_at(base, n):
+    """Are base..base+n-1 all free?"""
+    for p in range(base, base + n):
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, p))
+            except OSError:
+                return False
+    return True

@@ -1,8 +1,10 @@
-"""pushwire on several hosts sharing one Redis, with network namespaces.
+"""pushwire on several hosts sharing one Redis, with network namespaces;
+then the same tests again with a Redis Cluster in place of the one Redis.
 
 Topology (one private bridge per test run, addresses 10.77.0.0/24):
 
-    redis   10.77.0.1    redis-server
+    redis   10.77.0.1    redis-server :6379, or six cluster nodes :7000-7005
+                         (three masters with a replica each)
     h1      10.77.0.11   nginx :8080 (nginx/render) + 2 workers (unix sockets) + relay :9100
     h2      10.77.0.12   the same
     gw      10.77.0.20   (one test) docker/nginx-start with WORKER_ADDRS=worker:9000, as in compose
@@ -39,13 +41,15 @@ from clients import nginx_workers  # noqa: E402
 HOSTS = (("h1", 11), ("h2", 12))
 WORKERS_PER_HOST = 2
 NGINX_PORT, RELAY_PORT, TCP_WORKER_PORT, REDIS_PORT = 8080, 9100, 9000, 6379
+CLUSTER_PORT = 7000  # cluster nodes 7000-7005 (bus ports 17000-17005)
 
 
 # ---- the cluster -------------------------------------------------------------------------
 
 class Cluster:
-    def __init__(self, net):
+    def __init__(self, net, redis_mode="single"):
         self.net = net
+        self.redis_mode = redis_mode  # "single", or "cluster": Redis Cluster
         self.dir = tempfile.mkdtemp(prefix="pw-mh-")
         self.procs = {}        # name -> Proc (the latest one of that name)
         self.exit_codes = {}   # "name#n" -> exit status of every process stopped
@@ -59,9 +63,15 @@ class Cluster:
         e.update({
             "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=66",
             "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
-            "REDIS_URL": "redis://%s:%d" % (self.net.addr("redis"), REDIS_PORT),
+            "REDIS_URL": self.redis_url(),
         })
         return e
+
+    def redis_url(self):
+        a = self.net.addr("redis")
+        if self.redis_mode == "cluster":
+            return "redis+cluster://%s" % ",".join("%s:%d" % (a, CLUSTER_PORT + i) for i in range(2))
+        return "redis://%s:%d" % (a, REDIS_PORT)
 
     def run(self, name, host, argv, env=None):
         argv = self.net.exec_argv(host, argv)
@@ -82,6 +92,9 @@ class Cluster:
 
     # -- processes --
     def start_redis(self):
+        if self.redis_mode == "cluster":
+            self.start_redis_cluster()
+            return
         self.run("redis", "redis", [
             "redis-server", "--bind", self.net.addr("redis"), "--port", str(REDIS_PORT),
             "--protected-mode", "no", "--save", "", "--appendonly", "no",
@@ -93,6 +106,34 @@ class Cluster:
                     s.sendall(b"PING\r\n")
                     return s.recv(16).startswith(b"+PONG")
         wait_for(ping, what="Redis to answer PING across the bridge")
+
+    def start_redis_cluster(self):
+        a = self.net.addr("redis")
+        for i in range(6):
+            d = self.path("redis-%d" % i)
+            os.makedirs(d, exist_ok=True)
+            self.run("redis-%d" % i, "redis", [
+                "redis-server", "--bind", a, "--port", str(CLUSTER_PORT + i),
+                "--protected-mode", "no", "--save", "", "--appendonly", "no",
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "2000", "--repl-diskless-sync-delay", "0",
+                "--maxmemory-policy", "noeviction", "--dir", d, "--daemonize", "no"])
+
+        def cli(port, *args):
+            return subprocess.run(self.net.exec_argv("client", ["redis-cli", "-h", a, "-p", str(port)]
+                                                      + list(args)),
+                                  capture_output=True, text=True, timeout=60,
+                                  stdin=subprocess.DEVNULL)
+        for i in range(6):
+            wait_for(lambda: "PONG" in cli(CLUSTER_PORT + i, "PING").stdout,
+                     what="cluster node %d to answer PING across the bridge" % i)
+        out = cli(CLUSTER_PORT, "--cluster", "create",
+                  *["%s:%d" % (a, CLUSTER_PORT + i) for i in range(6)],
+                  "--cluster-replicas", "1", "--cluster-yes")
+        assert out.returncode == 0, out.stdout + out.stderr
+        wait_for(lambda: all("cluster_state:ok" in cli(CLUSTER_PORT + i, "CLUSTER", "INFO").stdout
+                             for i in range(6)), timeout=60, interval=0.2,
+                 what="the cluster to be ok")
 
     def worker_sock(self, host, i):
         return self.path("%s-worker-%d.sock" % (host, i))
@@ -150,7 +191,7 @@ class Cluster:
 
     def stop_all(self):
         order = sorted(self.procs, key=lambda n: (0 if "nginx" in n else 1 if "relay" in n else
-                                                  3 if n == "redis" else 2))
+                                                  3 if n.startswith("redis") else 2))
         for name in order:
             self.stop(name, signal.SIGQUIT if "nginx" in name else signal.SIGTERM)
 
@@ -227,14 +268,14 @@ class Cluster:
         return self.metrics(host, 9400).get("pushwire_ws_clients", 0)
 
 
-@pytest.fixture(scope="module")
-def cluster():
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def cluster(request):
     reason = Net.unavailable()
     if reason:
         pytest.skip("multi-host tests need network namespaces: " + reason)
     remove_stale()
     net = Net()
-    c = Cluster(net)
+    c = Cluster(net, request.param)
 
     def on_term(signum, frame):  # a SIGTERM to pytest still runs the cleanup below
         raise KeyboardInterrupt("SIGTERM")
