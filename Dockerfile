@@ -114,6 +114,7 @@ ENTRYPOINT ["pushwire-nginx-start"]
 FROM redis:7 AS redis
 COPY docker/redis-start /usr/local/bin/pushwire-redis-start
 COPY docker/sentinel-start /usr/local/bin/pushwire-sentinel-start
+COPY docker/cluster-start /usr/local/bin/pushwire-cluster-start
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=5 \
     CMD ["sh", "-c", "REDISCLI_AUTH=\"${REDIS_PASSWORD:-}\" redis-cli ping | grep -q PONG"]
 ENTRYPOINT ["pushwire-redis-start"]

@@ -108,6 +108,7 @@ struct broker {
     slot_map *map;         /* cluster only */
     uint16_t *prev_owner;  /* the map before the last reload */
     bool map_loaded, refresh_inflight;
+    bool map_complete; /* every slot has a master (as of the last load) */
     uint64_t refresh_at;
     unsigned refresh_rr;
     timer refresh;
@@ -211,6 +212,24 @@ static void op_reply(redis_conn *c, void *reply, void *arg);
 
 static void noop_reply(redis_conn *c, void *reply, void *arg) { (void)c, (void)reply, (void)arg; }
 
+/* A MOVED: the slot's new master in the map, and in the nodes' counts of
+ * the slots they serve (what readiness is judged by). Returns the node's
+ * index, or -1. */
+static int map_moved(broker *b, const slots_redirect *rd, const char *answered)
+{
+    if (rd->ask || rd->slot >= SLOTS_COUNT)
+        return -1;
+    uint16_t before = b->map->owner[rd->slot];
+    int idx = slots_apply(b->map, rd, answered);
+    node *n = idx >= 0 ? node_get(b, idx) : NULL;
+    if (!n || before == idx)
+        return idx;
+    if (before != SLOTS_NONE && b->nodes[before] && b->nodes[before]->owns)
+        b->nodes[before]->owns--;
+    n->owns++;
+    return idx;
+}
+
 /* A cluster's answer that is not the command's: a redirection (send it
  * again where it points) or a shard in transition (TRYAGAIN, CLUSTERDOWN:
  * the caller sees Redis unavailable). Returns true when o was dealt with. */
@@ -227,7 +246,7 @@ static bool cluster_redirect(broker *b, op *o, const redisReply *r)
         char answered[SLOTS_ADDR_MAX];
         snprintf(answered, sizeof answered, "%s:%d", o->n->url.host, o->n->url.port);
         int idx = rd.ask ? (rd.host[0] ? slots_node(b->map, rd.host, rd.port) : o->n->idx)
-                         : slots_apply(b->map, &rd, answered);
+                         : map_moved(b, &rd, answered);
         node *t = idx >= 0 ? node_get(b, idx) : NULL;
         b->stats.redirects++;
         if (cmd_ok(t)) {
@@ -575,11 +594,15 @@ static void sub_push(void *ctx, redis_conn *c, void *reply)
         slots_redirect rd;
         char answered[SLOTS_ADDR_MAX];
         snprintf(answered, sizeof answered, "%s:%d", n->url.host, n->url.port);
-        if (b->cluster && slots_parse_redirect(r->str, &rd) == 1)
-            slots_apply(b->map, &rd, answered);
+        bool redirect = b->cluster && slots_parse_redirect(r->str, &rd) == 1;
+        if (redirect)
+            map_moved(b, &rd, answered); /* (an ASK changes nothing) */
         else
             log_warn("redis pub/sub %s: %s", n->sub_name, r->str);
-        refresh_soon(b, 0);
+        /* A MOVED: subscribe where it says at once. An ASK (the slot is
+         * migrating; the map still names this node): again a little later,
+         * not in a loop at the speed of the round trip. */
+        refresh_soon(b, redirect && !rd.ask ? 0 : 250);
         return;
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 3)
@@ -864,14 +887,6 @@ static node *node_get(broker *b, int idx)
     return n;
 }
 
-static bool map_complete(const broker *b)
-{
-    for (unsigned s = 0; s < SLOTS_COUNT; s++)
-        if (b->map->owner[s] == SLOTS_NONE)
-            return false;
-    return true;
-}
-
 static bool owners_ready(const broker *b, bool sub)
 {
     for (unsigned i = 0; i < b->nnodes; i++) {
@@ -879,7 +894,7 @@ static bool owners_ready(const broker *b, bool sub)
         if (n && n->owns && !rc_is_ready(sub ? &n->subc : &n->cmdc))
             return false;
     }
-    return !b->cluster || (b->map_loaded && map_complete(b));
+    return !b->cluster || b->map_complete;
 }
 
 static void refresh_soon(broker *b, unsigned ms)
@@ -902,14 +917,17 @@ static void slots_reply(broker *b, op *o, redisReply *r)
         owned = slots_load(b->map, r, o->n->url.host);
     }
     if (owned < 0) {
-        log_warn("redis cluster: CLUSTER SLOTS from %s:%d failed: %s", o->n->url.host,
-                 o->n->url.port, r && r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        if (r) /* (a lost connection says so itself) */
+            log_warn("redis cluster: CLUSTER SLOTS from %s:%d failed: %s", o->n->url.host,
+                     o->n->url.port, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
         refresh_soon(b, REFRESH_DEGRADED_MS);
         return;
     }
     b->stats.slot_refreshes++;
     bool first = !b->map_loaded;
     b->map_loaded = true;
+    /* (A MOVED later only names new owners: a complete map stays so.) */
+    b->map_complete = owned == SLOTS_COUNT;
     for (unsigned i = 0; i < b->nnodes; i++)
         if (b->nodes[i])
             b->nodes[i]->owns = 0;

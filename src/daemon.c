@@ -173,6 +173,12 @@ void daemon_metrics(buf *o, hub *h)
                "Redis connections (re)established.", bs->cmd_connects + bs->sub_connects);
     metric_put(o, "pushwire_redis_timeouts_total", "counter", "Redis stalls detected.",
                bs->timeouts);
+    metric_put(o, "pushwire_redis_failovers_total", "counter",
+               "Sentinel +switch-master announcements acted on.", bs->failovers);
+    metric_put(o, "pushwire_redis_redirects_total", "counter",
+               "Redis Cluster MOVED and ASK redirections followed.", bs->redirects);
+    metric_put(o, "pushwire_redis_slot_map_loads_total", "counter",
+               "Redis Cluster slot maps loaded (CLUSTER SLOTS).", bs->slot_refreshes);
     long rss_pages = 0;
     FILE *f = fopen("/proc/self/statm", "r");
     if (f) {

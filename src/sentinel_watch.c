@@ -79,7 +79,6 @@ static void watch_push(void *ctx, redis_conn *c, void *reply)
     redis_hostport m;
     if (!sw_parse_switch(msg->str, msg->len, w->src->master_name, &m))
         return;
-    w->switches++;
     log_warn("sentinel %s:%d announces a failover: master %s is now at %s:%d", w->url.host,
              w->url.port, w->src->master_name, m.host, m.port);
     if (w->switched)

@@ -23,7 +23,6 @@ typedef struct sentinel_watch {
     redis_conn c;
     sw_switched_cb *switched;
     void *ctx;
-    uint64_t switches; /* announcements for our master seen */
 } sentinel_watch;
 
 /* src must be a Sentinel URL and outlive w. */

@@ -57,8 +57,9 @@ ENGINE_DIR = os.path.join(debroot.CACHE, "docker")    # data root: kept between 
 RUN_DIR = "/run/pw-test-dockerd"                      # exec root and socket: short paths
 STAND_IN_LABEL = "org.pushwire.test-stand-in"
 SERVICES = ("redis", "worker", "relay", "nginx")
-# The "sentinel" profile's (they use the redis image).
-PROFILE_SERVICES = ("redis-replica", "sentinel-1", "sentinel-2", "sentinel-3")
+# The "sentinel" and "cluster" profiles' (they use the redis image).
+PROFILE_SERVICES = ("redis-replica", "sentinel-1", "sentinel-2", "sentinel-3") + \
+    tuple("cluster-%d" % i for i in range(1, 7))
 WORKER_METRICS, RELAY_METRICS = 9001, 9101            # the compose defaults, inside each container
 TIMINGS = []
 
@@ -115,7 +116,8 @@ def deploy_settings():
             assert m, "not a variable in DEPLOY.md's settings: %r" % line
             if "service" in cols:
                 where = cells[cols.index("service")].replace("both", "worker, relay").replace(
-                    "sentinels", "sentinel-1, sentinel-2, sentinel-3")
+                    "sentinels", "sentinel-1, sentinel-2, sentinel-3").replace(
+                    "cluster nodes", ", ".join("cluster-%d" % i for i in range(1, 7)))
                 svcs = {s.strip().strip("`") for s in re.split(r",|\band\b", where) if s.strip()}
             else:
                 svcs = {"nginx"}
@@ -151,7 +153,7 @@ def test_every_documented_setting_reaches_its_service():
         values[var] = "v%d-%s" % (k, var.lower().replace("_", "-"))
     values["PORT"] = "127.0.0.1:18977"
     values["PUSHWIRE_TAG"] = "t-sentinel"
-    values["COMPOSE_PROFILES"] = "sentinel"  # every service shows
+    values["COMPOSE_PROFILES"] = "sentinel,cluster"  # every service shows
     r = subprocess.run(cmd + ["-f", COMPOSE_FILE, "--project-directory", ROOT, "config"],
                        env=clean_env(values), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -1011,6 +1013,28 @@ def redis_cli(project, svc, *args, port=6379):
                           "redis-cli", "-p", str(port), *args)
 
 
+def failover_scenario(project, ch, failover, label):
+    """stream_scenario around a failover of Redis: ids 1..N across it, at
+    most one epoch change, and every client, after its last reset, holding
+    every message once. Returns (clients, publisher, failover's value)."""
+    clients, pub, took = stream_scenario(project, ch, failover, n_lp=4, n_ws=4, rate=10, after=30)
+    published = sorted(pub.content_by_id)
+    assert not pub.failed and pub.crash is None and not pub.anomalies, (pub.failed, pub.crash, pub.anomalies)
+    assert published == list(range(1, len(published) + 1)), "ids not 1..N across the failover"
+    assert len(pub.epochs) in (1, 2), pub.epochs
+    after_reset = []
+    for c in clients:
+        assert c.crash is None and not c.bad_errors, (c.crash, c.bad_errors)
+        cut = max(i for i in range(len(c.ids)) if i == 0 or c.ids[i] <= c.ids[i - 1])
+        view = C.Recorder(ch, name=c.name)
+        view.kind, view.ids, view.contents = c.kind, c.ids[cut:], c.contents[cut:]
+        after_reset.append(view)
+        assert view.ids == published, "%s %s after its last reset: %r" % (c.kind, c.name, view.ids[:5])
+    t = report(label + " (what clients hold after their last reset)", after_reset, pub)
+    assert t["lost"] == 0 and t["duplicated"] == 0 and t["bad_content"] == 0, t
+    return clients, pub, took
+
+
 def test_sentinel_profile_fails_over(project, request):
     """docs/DEPLOY.md's Sentinel example as written: COMPOSE_PROFILES=sentinel
     and a redis+sentinel:// URL, on a fresh `up` (after the down above).
@@ -1047,25 +1071,93 @@ def test_sentinel_profile_fails_over(project, request):
         return time.monotonic() - t0
 
     with timed(request, "failover under load"):
-        clients, pub, took = stream_scenario(project, ch, failover, n_lp=4, n_ws=4, rate=10, after=30)
-    published = sorted(pub.content_by_id)
-    assert not pub.failed and pub.crash is None and not pub.anomalies, (pub.failed, pub.crash, pub.anomalies)
-    assert published == list(range(1, len(published) + 1)), "ids not 1..N across the failover"
-    assert len(pub.epochs) in (1, 2), pub.epochs
-    after_reset = []
-    for c in clients:
-        assert c.crash is None and not c.bad_errors, (c.crash, c.bad_errors)
-        cut = max(i for i in range(len(c.ids)) if i == 0 or c.ids[i] <= c.ids[i - 1])
-        view = C.Recorder(ch, name=c.name)
-        view.kind, view.ids, view.contents = c.kind, c.ids[cut:], c.contents[cut:]
-        after_reset.append(view)
-        assert view.ids == published, "%s %s after its last reset: %r" % (c.kind, c.name, view.ids[:5])
-    t = report("test_compose_sentinel_failover (what clients hold after their last reset)",
-               after_reset, pub)
-    assert t["lost"] == 0 and t["duplicated"] == 0 and t["bad_content"] == 0, t
+        clients, pub, took = failover_scenario(project, ch, failover, "test_compose_sentinel_failover")
     # The old master returns (restart policy aside, `start` it) as a replica.
     project.docker("start", master)
     wait_for(lambda: "role:slave" in redis_cli(project, "redis", "INFO", "replication"),
              timeout=60, interval=0.5, what="the old master to rejoin as a replica")
     note(request, "failover took %.1f s; epochs %d; resets per client %r; publish statuses %r" % (
         took, len(pub.epochs), sorted({c.resets for c in clients}), dict(pub.statuses)))
+
+
+# ---- the "cluster" profile --------------------------------------------------------------------
+
+def cluster_master_of(project, key):
+    """The compose service (cluster-N) serving key's slot, by CLUSTER SLOTS."""
+    for svc in ("cluster-%d" % i for i in range(1, 7)):
+        try:  # (any live node answers both)
+            slot = int(redis_cli(project, svc, "CLUSTER", "KEYSLOT", key).strip())
+            out = redis_cli(project, svc, "CLUSTER", "SLOTS").split()
+        except (subprocess.CalledProcessError, ValueError):
+            continue
+        # Flattened rows: start end host port id [host port id]...; the
+        # first host after a range is its master.
+        for i in range(len(out) - 2):
+            if out[i].isdigit() and out[i + 1].isdigit() and out[i + 2].startswith("cluster-"):
+                if int(out[i]) <= slot <= int(out[i + 1]):
+                    return out[i + 2]
+        return None
+    return None
+
+
+def test_cluster_profile_fails_over_and_survives_down_up(project, request):
+    """docs/DEPLOY.md's Cluster example as written: COMPOSE_PROFILES=cluster
+    and a redis+cluster:// URL, after the Sentinel profile is taken down.
+    The six nodes create the cluster by themselves; `docker kill` of the
+    master serving a channel under load: its replica takes over, publishing
+    goes on with ids 1..N and clients lose nothing (the epoch may change:
+    each client then is reset once and holds every message after it); the
+    killed node rejoins as a replica; `down` and `up` again (new container
+    addresses) find the same cluster and its data."""
+    project.compose("down", "-t", "20", timeout=180)
+    pw = project.redis_password
+    project.env.update({
+        "COMPOSE_PROFILES": "cluster",
+        "REDIS_URL": "redis+cluster://:%s@cluster-1:6379,cluster-2:6379,cluster-3:6379" % pw,
+        "CLUSTER_NODE_TIMEOUT": "2000",
+    })
+    with timed(request, "up with the cluster profile"):
+        project.compose("up", "-d", timeout=300)
+    wait_for(lambda: "cluster_state:ok" in redis_cli(project, "cluster-1", "CLUSTER", "INFO"),
+             timeout=90, interval=0.5, what="the cluster to be created")
+    wait_for(lambda: http_request("GET", project.port, "/healthz")[0] == 200, timeout=60, interval=0.5,
+             what="/healthz on the cluster")
+    ch = unique_channel("clus")
+    svc = cluster_master_of(project, "pw:{%s}:ch" % ch)
+    assert svc, "no master for %s" % ch
+    (victim,) = project.containers(svc)
+
+    def failover():
+        t0 = time.monotonic()
+        project.docker("kill", victim)
+        try:
+            wait_for(lambda: cluster_master_of(project, "pw:{%s}:ch" % ch) not in (None, svc),
+                     timeout=60, interval=0.2, what="the failover away from %s" % svc)
+        except AssertionError:
+            live = [n for n in ("cluster-%d" % i for i in range(1, 7)) if n != svc]
+            raise AssertionError("no failover away from %s; %s says:\n%s\n%s" % (
+                svc, live[0], redis_cli(project, live[0], "CLUSTER", "NODES"),
+                redis_cli(project, live[0], "CLUSTER", "SLOTS")))
+        return time.monotonic() - t0
+
+    with timed(request, "cluster failover under load"):
+        clients, pub, took = failover_scenario(project, ch, failover, "test_compose_cluster_failover")
+    published = sorted(pub.content_by_id)
+    project.docker("start", victim)
+    wait_for(lambda: "role:slave" in redis_cli(project, svc, "INFO", "replication"),
+             timeout=60, interval=0.5, what="%s to rejoin as a replica" % svc)
+    note(request, "cluster failover took %.1f s; epochs %d; resets per client %r" % (
+        took, len(pub.epochs), sorted({c.resets for c in clients})))
+    # down and up: the volumes keep nodes.conf; the nodes find each other
+    # under their new addresses (docker/cluster-start) and keep the data.
+    with timed(request, "cluster down and up"):
+        project.compose("down", "-t", "20", timeout=180)
+        project.compose("up", "-d", timeout=300)
+    wait_for(lambda: all("cluster_state:ok" in redis_cli(project, "cluster-%d" % i, "CLUSTER", "INFO")
+                         for i in range(1, 7)), timeout=90, interval=0.5,
+             what="the cluster to be ok after down and up")
+    wait_for(lambda: http_request("GET", project.port, "/healthz")[0] == 200, timeout=60, interval=0.5,
+             what="/healthz after down and up")
+    st, _, body = http_request("GET", project.port, "/status?since=0&channel=" + ch)
+    doc = json.loads(body)
+    assert st == 200 and [m["id"] for m in doc["messages"]][-1] == published[-1], doc

@@ -786,13 +786,19 @@ def published_ports(svc):
 def test_compose_file():
     doc = compose_config()
     svcs = doc["services"]
-    # The "sentinel" profile's services are listed too (compose config shows
-    # every profile); they run only with it.
-    profile = {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
-    assert set(svcs) == {"redis", "worker", "relay", "nginx"} | profile
-    for name in profile:
-        assert svcs[name].get("profiles") == ["sentinel"], name
-        assert svcs[name]["image"] == svcs["redis"]["image"], name
+    # The profiles' services are listed too (compose config shows every
+    # profile); they run only with theirs.
+    profiles = {"sentinel": {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"},
+                "cluster": {"cluster-%d" % i for i in range(1, 7)}}
+    assert set(svcs) == {"redis", "worker", "relay", "nginx"}.union(*profiles.values())
+    for profile, names in profiles.items():
+        for name in names:
+            assert svcs[name].get("profiles") == [profile], name
+            assert svcs[name]["image"] == svcs["redis"]["image"], name
+    creators = [n for n in profiles["cluster"] if svcs[n]["environment"].get("CLUSTER_CREATE")]
+    assert creators == ["cluster-1"], creators
+    assert svcs["cluster-1"]["environment"]["CLUSTER_CREATE"].split() == \
+        ["cluster-%d:6379" % i for i in range(1, 7)]
     for name, svc in svcs.items():
         assert svc.get("restart") == "unless-stopped", name
         assert svc.get("healthcheck", {}).get("test"), "%s has no health check" % name
@@ -829,7 +835,7 @@ def test_compose_file():
     with open(os.path.join(ROOT, "Dockerfile")) as f:
         stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", f.read(), re.M | re.I))
     for name, svc in svcs.items():
-        if name.startswith("sentinel-"):
+        if name.startswith(("sentinel-", "cluster-")):
             continue  # the redis image, built by the redis service
         assert svc["build"]["target"] in stages, (name, svc["build"]["target"], stages)
 
