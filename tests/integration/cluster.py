@@ -47,9 +47,10 @@ def cluster_state(port):
 class ClusterStack(Stack):
     SHARDS = 3
 
-    def __init__(self, *a, node_args=(), **kw):
+    def __init__(self, *a, node_args=(), replicas=1, **kw):
         super().__init__(*a, **kw)
-        self.node_ports = [cluster_port() for _ in range(2 * self.SHARDS)]
+        self.replicas = replicas  # per master
+        self.node_ports = [cluster_port() for _ in range((1 + replicas) * self.SHARDS)]
         self.node_args = list(node_args)
         self.nodes = [None] * len(self.node_ports)
         self.created = False
@@ -123,7 +124,7 @@ class ClusterStack(Stack):
             out = subprocess.run(
                 ["redis-cli", "--cluster", "create"] +
                 ["127.0.0.1:%d" % p for p in self.node_ports] +
-                ["--cluster-replicas", "1", "--cluster-yes"],
+                ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
             assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
             self.created = True
@@ -164,7 +165,7 @@ class ClusterStack(Stack):
                 if rep.get("role") != "master":
                     return False
                 live = len([p for p in self.alive_ports() if p != m]) >= self.SHARDS
-                if live and "state=online" not in rep.get("slave0", ""):
+                if self.replicas and live and "state=online" not in rep.get("slave0", ""):
                     return False
             return True
         wait_for(ok, timeout=timeout, interval=0.2, what="the cluster to be healthy")
