@@ -1365,19 +1365,20 @@ static void commit_reply(broker *b, op *o, redisReply *r)
 
 static void commit_send(broker *b, node *n, pub_repl *pr)
 {
-    char k_meta[160], k_hist[160], k_srv[160], pubch[160], id[24];
+    char k_meta[160], k_hist[160], k_srv[160], pubch[160], id[24], hist[16];
     srv_key(b, k_srv, sizeof k_srv, pr->channel);
     ch_key(b, k_meta, sizeof k_meta, "ch", pr->channel);
     ch_key(b, k_hist, sizeof k_hist, "h", pr->channel);
     ch_key(b, pubch, sizeof pubch, "msg", pr->channel);
     snprintf(id, sizeof id, "%llu", (unsigned long long)pr->res.id);
-    const char *argv[11] = {"EVALSHA", n->sha_commit, "3",           k_srv, k_meta, k_hist,
-                            n->run_id, pr->res.epoch, id,    pubch, b->cluster ? "SPUBLISH" : "PUBLISH"};
-    size_t lens[11];
-    for (int i = 0; i < 11; i++)
+    snprintf(hist, sizeof hist, "%u", b->cfg.history);
+    const char *argv[12] = {"EVALSHA", n->sha_commit, "3",   k_srv, k_meta, k_hist, n->run_id,
+                            pr->res.epoch, id, pubch, b->cluster ? "SPUBLISH" : "PUBLISH", hist};
+    size_t lens[12];
+    for (int i = 0; i < 12; i++)
         lens[i] = strlen(argv[i]);
     /* (Its run_id is the writer's, checked against the channel's.) */
-    if (op_send(b, n, 11, argv, lens, commit_reply, NULL, pr, lua_commit, 0) < 0)
+    if (op_send(b, n, 12, argv, lens, commit_reply, NULL, pr, lua_commit, 0) < 0)
         repl_fail(b, pr, BROKER_EUNAVAIL, "Redis connection lost before the commit");
 }
 

@@ -8,7 +8,8 @@
 -- KEYS: 1 server, 2 channel meta, 3 channel stream.
 -- ARGV: 1 run_id of the server behind this connection, 2 the epoch and
 --       3 the id publish.lua returned, 4 the pub/sub channel, 5 PUBLISH or
---       SPUBLISH (publish.lua's ARGV[12]; default PUBLISH).
+--       SPUBLISH (publish.lua's ARGV[12]; default PUBLISH), 6 history
+--       (publish.lua's ARGV[7]; none: no trimming).
 -- Returns 1, or 0 when the channel or the server is not the one the
 -- message was stored in (it was then not published).
 local srv = redis.call('HMGET', KEYS[1], 'runid', 'gen')
@@ -33,5 +34,11 @@ for i = 1, #es do
   local e = es[i]
   redis.call(ARGV[5] or 'PUBLISH', ARGV[4], ARGV[2] .. ' ' .. string.match(e[1], '^%d+') .. ' ' .. e[2][2] ..
              ' ' .. e[2][4])
+end
+-- History: the newest ARGV[6] committed messages, and the stored ones
+-- after them (publish.lua kept room for those).
+if ARGV[6] then
+  local seq = tonumber(redis.call('HGET', KEYS[2], 'seq')) or id
+  redis.call('XTRIM', KEYS[3], 'MAXLEN', tonumber(ARGV[6]) + math.min(math.max(seq - id, 0), 256))
 end
 return 1

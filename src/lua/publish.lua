@@ -14,6 +14,10 @@
 -- newest id whose replication WAIT confirmed (commit.lua). A channel
 -- without it (created before replicated publishing was turned on) has
 -- everything committed, so the first replicated store sets it to seq.
+-- History keeps the newest ARGV[7] committed messages: the stored ones
+-- not yet committed come on top (at most 256 of them: stores whose WAIT
+-- failed are committed only by a later publish), and commit.lua trims
+-- again once they are committed, so a reader never sees fewer.
 local gen = gen_of(KEYS[1])
 if ARGV[9] == '1' then
   local prev = redis.call('GET', KEYS[4])
@@ -24,12 +28,17 @@ if ARGV[9] == '1' then
 end
 local seq, ep = state_of(ARGV[5], false)
 local replicated = ARGV[11] == '1'
-if replicated then redis.call('HSETNX', KEYS[2], 'committed', seq) end
+local keep = tonumber(ARGV[7])
+if replicated then
+  redis.call('HSETNX', KEYS[2], 'committed', seq)
+  local pending = seq + 1 - tonumber(redis.call('HGET', KEYS[2], 'committed'))
+  keep = keep + math.min(math.max(pending, 0), 256)
+end
 seq = seq + 1
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local sseq, sms = string.format('%d', seq), string.format('%d', ms)
-redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[7], sseq .. '-0', 't', sms, 'c', ARGV[6])
+redis.call('XADD', KEYS[3], 'MAXLEN', keep, sseq .. '-0', 't', sms, 'c', ARGV[6])
 redis.call('HSET', KEYS[2], 'seq', seq)
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('EXPIRE', KEYS[3], ARGV[5])

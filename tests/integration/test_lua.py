@@ -113,8 +113,10 @@ def publish(r, k, content, runid="run1", lossless="0", gen="gen00001", ep="ep000
                  "1" if idem else "0", idem_ttl, "1" if replicated else "0")
 
 
-def commit(r, k, epoch, mid, runid="run1"):
-    return r.cmd("EVAL", COMMIT, 3, k["srv"], k["meta"], k["hist"], runid, epoch, mid, k["pubch"])
+def commit(r, k, epoch, mid, runid="run1", history=None):
+    extra = ["PUBLISH", history] if history is not None else []
+    return r.cmd("EVAL", COMMIT, 3, k["srv"], k["meta"], k["hist"], runid, epoch, mid, k["pubch"],
+                 *extra)
 
 
 def read(r, k, since=None, epoch="", budget=1 << 20, runid="run1", lossless="0", gen="gen00001",
@@ -374,6 +376,25 @@ def test_a_client_ahead_of_a_lagging_watermark_is_not_reset(redis):
     e3, i3, _ = publish(r, k, "c", replicated=True, history=10)
     assert commit(r, k, e3, i3) == 1
     assert [x[2] for x in read(r, k, since=0, replicated=True)[1]] == ['"a"', '"b"', '"c"']
+
+
+def test_replicated_history_keeps_the_newest_committed_messages(redis):
+    """History counts committed messages: stores still waiting for their
+    commit do not push committed ones out, so a reset replays exactly the
+    last `history` of them (found by the chaos test, sentinel-strict)."""
+    r, k = redis, keys()
+    for c in "abcde":
+        e, _, _ = publish(r, k, c, replicated=True, history=3)
+    assert commit(r, k, e, 3, history=3) == 1   # 4 and 5 wait for their WAIT
+    head, ents = read(r, k, since=0, replicated=True)
+    assert head["newest"] == 3 and [x[2] for x in ents] == ['"a"', '"b"', '"c"']
+    assert commit(r, k, e, 5, history=3) == 1   # now three committed are kept
+    head, ents = read(r, k, since=0, replicated=True)
+    assert head["reset"] and [x[0] for x in ents] == [3, 4, 5]
+    publish(r, k, "f", replicated=True, history=3)  # stored, not committed
+    head, ents = read(r, k, since=1, epoch=e, replicated=True)
+    assert head["reset"] and head["newest"] == 5 and [x[0] for x in ents] == [3, 4, 5]
+    assert r.cmd("XLEN", k["hist"]) == 4
 
 
 def test_replicated_publishing_on_a_channel_from_before(redis):
