@@ -3,7 +3,8 @@
  * epoch logic, so that every pushwire figure through nginx can be stated
  * as a percentage above the best this architecture can do.
  *
- *   floor --fcgi unix:PATH --ws HOST:PORT
+ *   floor --fcgi unix:PATH --ws HOST:PORT [--ws unix:PATH]
+ * (two --ws: nginx reaches one over a unix socket, the direct case the other)
  *
  * One process, one epoll loop:
  * - a FastCGI responder (src/fcgi_proto.c, kept-alive connections as nginx
@@ -386,15 +387,16 @@ static void on_term(int sig)
 
 int main(int argc, char **argv)
 {
-    const char *fcgi = NULL, *ws = NULL;
+    const char *fcgi = NULL, *ws[2] = {NULL, NULL};
+    int nws = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--fcgi"))
             fcgi = argv[i + 1];
-        else if (!strcmp(argv[i], "--ws"))
-            ws = argv[i + 1];
+        else if (!strcmp(argv[i], "--ws") && nws < 2)
+            ws[nws++] = argv[i + 1];
     }
-    if (!fcgi || !ws) {
-        fprintf(stderr, "usage: floor --fcgi unix:PATH --ws HOST:PORT\n");
+    if (!fcgi || !nws) {
+        fprintf(stderr, "usage: floor --fcgi unix:PATH --ws HOST:PORT [--ws unix:PATH]\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -402,7 +404,8 @@ int main(int argc, char **argv)
     signal(SIGINT, on_term);
     ep = epoll_create1(EPOLL_CLOEXEC);
     conn_new(listen_on(fcgi), K_LISTEN_FCGI);
-    conn_new(listen_on(ws), K_LISTEN_WS);
+    for (int i = 0; i < nws; i++)
+        conn_new(listen_on(ws[i]), K_LISTEN_WS);
     struct epoll_event evs[256];
     while (!stop) {
         int n = epoll_wait(ep, evs, 256, 1000);

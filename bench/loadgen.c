@@ -58,6 +58,11 @@ static struct {
     int subs, messages, interval_ms, size;
     double connect_rate;
     int connect_inflight, connect_timeout_ms, retries;
+    /* Several processes on one run (bench/run's 100k case): followers hold
+     * subscribers and publish nothing; the leader publishes once held_count
+     * lines are in held_file. All share runid; source_ip spreads them. */
+    int follow, held_count;
+    const char *held_file, *source_ip, *runid_arg;
     double settle_s, max_seconds, connect_phase_s;
     int hold_ms, hold_max_ms, reconnect_delay_ms;
     int poll_timeout; /* pushwire ?timeout=T, -1 = not sent */
@@ -324,6 +329,7 @@ static void ep_ctl(int op, int fd, uint32_t events, uint64_t data)
 }
 
 static int tcp_connect_to(const struct sockaddr_in *addr, int *fd_out);
+static struct sockaddr_in source_addr; /* --source-ip; sin_family 0: none */
 
 static int tcp_connect(int *fd_out) { return tcp_connect_to(&server_addr, fd_out); }
 
@@ -334,6 +340,16 @@ static int tcp_connect_to(const struct sockaddr_in *addr, int *fd_out)
         return -errno;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (source_addr.sin_family && addr == &server_addr) {
+        /* the port is chosen at connect(), per destination: one source
+           address is not bound by the ephemeral range across servers */
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(fd, (const struct sockaddr *)&source_addr, sizeof source_addr) < 0) {
+            int e = errno;
+            close(fd);
+            return -e;
+        }
+    }
     int r = connect(fd, (const struct sockaddr *)addr, sizeof *addr);
     if (r < 0 && errno != EINPROGRESS) {
         int e = errno;
@@ -714,7 +730,10 @@ static int scan_tokens(int si, const char *p, size_t n, int64_t now)
             continue;
         q++;
         nd = 0;
+        int64_t t_abs = 0;
         while (q < e && isdigit((unsigned char)*q)) {
+            if (nd < 19)
+                t_abs = t_abs * 10 + (*q - '0');
             q++;
             nd++;
         }
@@ -725,6 +744,8 @@ static int scan_tokens(int si, const char *p, size_t n, int64_t now)
             S.foreign++;
             continue;
         }
+        if (C.follow && !pub_send_ns[seq]) /* the leader's send time */
+            pub_send_ns[seq] = t_abs - T0 > 0 ? t_abs - T0 : 1;
         record(si, (uint32_t)seq, now);
         found++;
         p = q + 8;
@@ -1400,7 +1421,8 @@ static void pc_flush(struct pubconn *p)
 /* content: "bench <seq> <t_ns> <runid> xxxx..." padded to C.size bytes */
 static size_t build_content(char *dst, int seq, int64_t t)
 {
-    int n = snprintf(dst, TOKLEN_MAX, "bench %d %" PRId64 " %s ", seq, t, runid);
+    /* t as CLOCK_MONOTONIC, not since T0: followers (--follow) read it */
+    int n = snprintf(dst, TOKLEN_MAX, "bench %d %" PRId64 " %s ", seq, t + T0, runid);
     size_t len = (size_t)n;
     if ((size_t)C.size > len) {
         memset(dst + len, 'x', (size_t)C.size - len);
@@ -1635,8 +1657,25 @@ static int all_subs_settled(void)
 
 static void finish(int64_t now, const char *why);
 
+/* --held-file holds at least --held-count lines (the followers are held) */
+static int others_held(void)
+{
+    if (!C.held_file || C.follow)
+        return 1;
+    FILE *f = fopen(C.held_file, "r");
+    if (!f)
+        return 0;
+    int n = 0, ch;
+    while ((ch = fgetc(f)) != EOF)
+        n += ch == '\n';
+    fclose(f);
+    return n >= C.held_count;
+}
+
 static void start_publish(int64_t now)
 {
+    if (!others_held())
+        return; /* tick calls again */
     rss_sample(rss_after);
     cpu_sum(cpu_pub0);
     self_cpu_pub_start = cpu_self_s();
@@ -1644,6 +1683,21 @@ static void start_publish(int64_t now)
     t_pub_start = now;
     next_pub = 0;
     phase = PH_PUBLISH;
+    if (C.follow) {
+        /* publish nothing: say so, and wait for the leader's messages */
+        phase = PH_SETTLE;
+        if (C.held_file) {
+            FILE *f = fopen(C.held_file, "a");
+            if (!f)
+                die("%s: %s", C.held_file, strerror(errno));
+            fprintf(f, "held %d\n", n_ready);
+            fclose(f);
+        }
+        vlog("following: %d held", held_at_pub);
+        if (held_at_pub == 0)
+            finish(now, "no subscriber could be held");
+        return;
+    }
     vlog("publish phase: %d held, %d messages every %d ms", held_at_pub, M, C.interval_ms);
     if (held_at_pub == 0)
         finish(now, "no subscriber could be held (nothing published)");
@@ -1723,7 +1777,7 @@ static void tick(int64_t now)
         break;
     case PH_SETTLE:
         run_connects(now);
-        if (complete_subs >= held_at_pub && pubs_answered >= M && held_at_pub > 0) {
+        if (complete_subs >= held_at_pub && (C.follow || pubs_answered >= M) && held_at_pub > 0) {
             finish(now, "all deliveries complete");
             break;
         }
@@ -2054,6 +2108,13 @@ static void usage(FILE *f)
             "                            error or a server close of a held subscriber (default\n"
             "                            200); long-poll 'Connection: close' reconnects at once\n"
             "  --max-seconds S           hard cap on the whole run (default 120)\n"
+            "  --source-ip A             bind subscribers to this address (e.g. 127.0.0.7)\n"
+            "  --runid X                 the 8-character run id (shared by the processes of one run)\n"
+            "  --follow                  publish nothing: count the messages of a leader with the\n"
+            "                            same --runid (latency from the send time in its token)\n"
+            "  --held-file F             a follower appends a line to F once its subscribers are\n"
+            "                            held; the leader publishes once F has --held-count lines\n"
+            "  --held-count K            (leader) followers to wait for\n"
             "  --pids PID,PID,...        server processes for RSS (VmRSS) and CPU (utime+stime)\n"
             "  --pids-from-cmd 'CMD'     shell command printing server pids\n"
             "  --json FILE               write all figures as one JSON object\n"
@@ -2090,7 +2151,8 @@ int main(int argc, char **argv)
     enum {
         OPT_MODE = 256, OPT_SERVER, OPT_HOST, OPT_PORT, OPT_PUBPORT, OPT_PATH, OPT_PUBPATH, OPT_CHANNEL, OPT_SUBS, OPT_MSGS, OPT_INTERVAL,
         OPT_SIZE, OPT_RATE, OPT_INFLIGHT, OPT_CTO, OPT_CPHASE, OPT_RETRIES, OPT_HOLD, OPT_HOLDMAX, OPT_SETTLE, OPT_PTO, OPT_MAXS,
-        OPT_PIDS, OPT_PIDSCMD, OPT_RDELAY, OPT_JSON, OPT_PUBFMT, OPT_PUBCONNS
+        OPT_PIDS, OPT_PIDSCMD, OPT_RDELAY, OPT_JSON, OPT_PUBFMT, OPT_PUBCONNS, OPT_FOLLOW, OPT_HELDFILE,
+        OPT_HELDCOUNT, OPT_SRCIP, OPT_RUNID
     };
     static const struct option opts[] = {
         {"mode", 1, 0, OPT_MODE},
@@ -2109,6 +2171,11 @@ int main(int argc, char **argv)
         {"connect-inflight", 1, 0, OPT_INFLIGHT},
         {"connect-timeout-ms", 1, 0, OPT_CTO},
         {"connect-phase", 1, 0, OPT_CPHASE},
+        {"follow", 0, 0, OPT_FOLLOW},
+        {"held-file", 1, 0, OPT_HELDFILE},
+        {"held-count", 1, 0, OPT_HELDCOUNT},
+        {"source-ip", 1, 0, OPT_SRCIP},
+        {"runid", 1, 0, OPT_RUNID},
         {"retries", 1, 0, OPT_RETRIES},
         {"hold-ms", 1, 0, OPT_HOLD},
         {"hold-max-ms", 1, 0, OPT_HOLDMAX},
@@ -2161,6 +2228,11 @@ int main(int argc, char **argv)
         case OPT_INFLIGHT: C.connect_inflight = atoi(optarg); break;
         case OPT_CTO: C.connect_timeout_ms = atoi(optarg); break;
         case OPT_CPHASE: C.connect_phase_s = atof(optarg); break;
+        case OPT_FOLLOW: C.follow = 1; break;
+        case OPT_HELDFILE: C.held_file = optarg; break;
+        case OPT_HELDCOUNT: C.held_count = atoi(optarg); break;
+        case OPT_SRCIP: C.source_ip = optarg; break;
+        case OPT_RUNID: C.runid_arg = optarg; break;
         case OPT_RETRIES: C.retries = atoi(optarg); break;
         case OPT_HOLD: C.hold_ms = atoi(optarg); break;
         case OPT_HOLDMAX: C.hold_max_ms = atoi(optarg); break;
@@ -2277,6 +2349,16 @@ int main(int argc, char **argv)
             close(fd);
         }
         snprintf(runid, sizeof runid, "%08x", v);
+        if (C.runid_arg) {
+            if (strlen(C.runid_arg) != 8)
+                die("--runid: 8 characters");
+            memcpy(runid, C.runid_arg, 8);
+        }
+    }
+    if (C.source_ip) {
+        source_addr.sin_family = AF_INET;
+        if (inet_pton(AF_INET, C.source_ip, &source_addr.sin_addr) != 1)
+            die("--source-ip: not an IPv4 address: %s", C.source_ip);
     }
 
     subs = calloc((size_t)N, sizeof *subs);
