@@ -122,7 +122,7 @@ struct broker {
 };
 
 static void rand_hex(char *out, size_t nbytes);
-static const char *lossless_flag(const node *n);
+static const char *gen_flags(const node *n);
 static void refresh_soon(broker *b, unsigned ms);
 static node *node_get(broker *b, int idx);
 
@@ -256,7 +256,7 @@ static bool cluster_redirect(broker *b, op *o, const redisReply *r)
                 o->redirects++;
                 o->n = t;
                 if (o->ident_at) {
-                    const char *id[2] = {t->run_id, lossless_flag(t)};
+                    const char *id[2] = {t->run_id, gen_flags(t)};
                     for (int i = 0; i < 2; i++) {
                         free(o->argv[o->ident_at + i]);
                         o->argv[o->ident_at + i] = xstrndup(id[i], strlen(id[i]));
@@ -390,24 +390,15 @@ static void copy_str(char *dst, size_t cap, const redisReply *r)
 
 static void ignore_reply(broker *b, op *o, redisReply *r) { (void)b, (void)o, (void)r; }
 
-/* lib.lua's gen_of flags for the server behind n. The first: "1" when it
- * cannot have lost a write it acknowledged: an append-only file synced on
- * every write, and a master that was not promoted from a replica
- * (master_replid2 all zeros); or, with replicated publishing, a promoted
- * replica (it has every committed message, and readers never saw any
- * other). The second (cluster): "1" when a channel another node wrote is
- * intact here: this node did not take over a replica's copy (it was never
- * promoted), so the channel came by a slot migration; or replicated
- * publishing. */
-static const char *lossless_flag(const node *n)
+/* lib.lua's gen_of flags for the server behind n: what it is configured
+ * for (appendonly with appendfsync always; replicated publishing). Its
+ * role and replication ids are read by the script itself, at the moment
+ * it runs: a connection outlives promotions and full syncs. */
+static const char *gen_flags(const node *n)
 {
-    const broker *b = n->b;
-    bool same = n->master && ((n->aof_on && n->fsync_always && n->replid2_zero) ||
-                              (b->cfg.wait_replicas && !n->replid2_zero));
-    if (!b->cluster)
-        return same ? "1" : "0";
-    bool moved = n->master && (n->replid2_zero || b->cfg.wait_replicas);
-    return same ? (moved ? "11" : "10") : (moved ? "01" : "00");
+    bool always = n->aof_on && n->fsync_always;
+    bool wait = n->b->cfg.wait_replicas > 0;
+    return always ? (wait ? "11" : "10") : (wait ? "01" : "00");
 }
 
 /* ---- the command connection's handshake ------------------------------------ */
@@ -751,7 +742,9 @@ static void conn_up(void *ctx, redis_conn *c)
     broker *b = n->b;
     if (c == &n->cmdc) {
         b->stats.cmd_connects++;
-        bool lossless = lossless_flag(n)[0] == '1';
+        /* (as of now: lib.lua decides with the replication ids of the moment) */
+        bool lossless = (n->aof_on && n->fsync_always && n->replid2_zero) ||
+                        (b->cfg.wait_replicas && !n->replid2_zero);
         log_info("redis %s connected (run_id %.12s, %s%s%s)", n->cmd_name, n->run_id,
                  n->master ? "" : "replica, ", n->replid2_zero ? "" : "promoted replica, ",
                  lossless ? "epochs kept" : "a new epoch if this server lost writes");
@@ -1250,7 +1243,7 @@ int broker_channel_info(broker *b, const char *channel, broker_info_cb *cb, void
     j->arg = arg;
     j->left = 2;
     const char *argv[10] = {"EVAL", lua_info, "3", k_srv, k_meta, k_hist,
-                            n->run_id, lossless_flag(n), gen, ep};
+                            n->run_id, gen_flags(n), gen, ep};
     size_t lens[10];
     for (int i = 0; i < 10; i++)
         lens[i] = strlen(argv[i]);
@@ -1514,7 +1507,7 @@ int broker_publish(broker *b, const char *channel, const char *json, size_t json
     snprintf(hist, sizeof hist, "%u", b->cfg.history);
     snprintf(idem_ttl, sizeof idem_ttl, "%u", b->cfg.idem_ttl);
     const char *argv[19] = {"EVALSHA", n->sha_publish, "4", k_srv, k_meta, k_hist, k_idem,
-                            n->run_id, lossless_flag(n), gen, ep, ttl, json, hist, pubch,
+                            n->run_id, gen_flags(n), gen, ep, ttl, json, hist, pubch,
                             idem_key ? "1" : "0", idem_ttl, b->cfg.wait_replicas ? "1" : "0",
                             b->cluster ? "SPUBLISH" : "PUBLISH"};
     size_t lens[19];
@@ -1607,7 +1600,7 @@ int broker_read(broker *b, const char *channel, bool has_since, uint64_t since, 
     snprintf(s_since, sizeof s_since, "%llu", (unsigned long long)since);
     snprintf(s_budget, sizeof s_budget, "%zu", budget);
     const char *argv[16] = {"EVALSHA", n->sha_read, "3", k_srv, k_meta, k_hist, n->run_id,
-                            lossless_flag(n), gen, ep, ttl, has_since ? "1" : "0", s_since,
+                            gen_flags(n), gen, ep, ttl, has_since ? "1" : "0", s_since,
                             epoch ? epoch : "", s_budget, b->cfg.wait_replicas ? "1" : "0"};
     size_t lens[16];
     for (int i = 0; i < 16; i++)

@@ -11,10 +11,13 @@
 --       SPUBLISH (publish.lua's ARGV[12]; default PUBLISH), 6 history
 --       (publish.lua's ARGV[7]; none: no trimming).
 -- Returns 1, or 0 when the channel or the server is not the one the
--- message was stored in (it was then not published).
+-- message was stored in (it was then not published). The server is
+-- lib.lua's gen_of identity: the run_id with the current replication id.
+local me = ARGV[1] .. '/' .. (string.match(redis.call('INFO', 'replication'),
+                                           'master_replid:(%x+)') or '')
 local srv = redis.call('HMGET', KEYS[1], 'runid', 'gen')
 local m = redis.call('HMGET', KEYS[2], 'ep', 'committed')
-if srv[1] ~= ARGV[1] or not srv[2] or not m[1] or srv[2] .. m[1] ~= ARGV[2] then
+if srv[1] ~= me or not srv[2] or not m[1] or srv[2] .. m[1] ~= ARGV[2] then
   return 0
 end
 local id = tonumber(ARGV[3])

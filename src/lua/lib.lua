@@ -10,24 +10,48 @@
 -- and changes on the channels of the shard that changed).
 --   ARGV[1] run_id of the server behind this connection; on a cluster
 --           RUNID@NODEID (CLUSTER MYID, which survives restarts)
---   ARGV[2] flags: the first "1" when that server cannot have lost a write
---           it acknowledged; the second (cluster) "1" when a channel last
---           written by another node is intact here: it came by a slot
---           migration (MIGRATE moves a key whole), not from a replica's copy
+--   ARGV[2] what the server is configured for: the first "1" when it runs
+--           with appendonly and appendfsync always, the second "1" with
+--           replicated publishing (--redis-wait-replicas)
 --   ARGV[3] a fresh random generation
+-- "The one that last answered" is the run_id with the server's current
+-- replication id (INFO, read here, never cached by a client): a server's
+-- data set is replaced whenever its replication id changes (a full sync
+-- from another master, a promotion), so the same run of the same server
+-- may hold an older copy of its own writes (seen: a master restarted from
+-- a stale RDB resynced its replica, which was then promoted; it found the
+-- channel stamped with its own run_id, 14 writes behind). Then, as for
+-- another server: the generation is kept only when nothing acknowledged
+-- can be missing here:
+--   this server (same node): appendfsync always and never promoted from
+--     a replica (master_replid2 all zeros), or replicated publishing and
+--     promoted (it has every committed message, readers saw no other);
+--   a channel another cluster node wrote: it came by a slot migration
+--     (MIGRATE moves a key whole), which holds when this node was never
+--     promoted, or with replicated publishing.
 local function gen_of(srv)
+  local info = redis.call('INFO', 'replication')
+  local replid = string.match(info, 'master_replid:(%x+)') or ''
+  local promoted = string.find(string.match(info, 'master_replid2:(%x+)') or '', '[^0]') ~= nil
+  local me = ARGV[1] .. '/' .. replid
   local cur = redis.call('HMGET', srv, 'runid', 'gen')
   local gen = cur[2]
-  if cur[1] == ARGV[1] and gen then return gen end
+  if cur[1] == me and gen then return gen end
   if gen then
     local node = string.match(ARGV[1], '@(.+)$')
-    local prev = cur[1] and string.match(cur[1], '@(.+)$')
-    local flag = (node and prev and node ~= prev) and 2 or 1
-    if string.sub(ARGV[2], flag, flag) ~= '1' then gen = ARGV[3] end
+    local prev = cur[1] and string.match(cur[1], '@([^/]+)')
+    local always, wait = string.sub(ARGV[2], 1, 1) == '1', string.sub(ARGV[2], 2, 2) == '1'
+    local keep
+    if node and prev and node ~= prev then
+      keep = not promoted or wait
+    else
+      keep = (always and not promoted) or (wait and promoted)
+    end
+    if not keep then gen = ARGV[3] end
   else
     gen = ARGV[3]
   end
-  redis.call('HSET', srv, 'runid', ARGV[1], 'gen', gen)
+  redis.call('HSET', srv, 'runid', me, 'gen', gen)
   return gen
 end
 -- state_of: the channel's state, KEYS[2] a hash {seq, ep} and KEYS[3] a

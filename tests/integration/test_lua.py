@@ -184,6 +184,41 @@ def test_server_generation_follows_the_server(redis):
     assert e4 != e1 and e4.startswith("genDDDDD")
 
 
+def test_the_same_run_with_another_data_set_is_another_server(redis, tmp_path):
+    """A server is its run_id *and* its replication id: the same run of a
+    server whose data set came from elsewhere (a full sync, then promoted)
+    may hold an older copy of its own writes, so it keeps the generation
+    only where nothing acknowledged can be missing (found by the chaos
+    test, cluster mode: a master restarted from a stale RDB resynced its
+    replica, which was promoted and reused 14 ids in the same epoch)."""
+    r, k = redis, keys()
+    r.cmd("DEL", k["srv"])
+    e1 = publish(r, k, "a", runid="runX", gen="genAAAAA")[0]
+    port = free_port()
+    p = Proc("redis2", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no", "--dir", str(tmp_path)],
+             str(tmp_path / "redis2.log")).start()
+    try:
+        wait_for(lambda: Resp(port).cmd("PING") == "PONG", what="redis2")
+        r2 = Resp(port)
+        r2.cmd("REPLICAOF", "127.0.0.1", r.port)
+        wait_for(lambda: r2.cmd("HGET", k["meta"], "seq") == "1", what="the copy")
+        r2.cmd("REPLICAOF", "NO", "ONE")  # promoted: a new replication id
+        # The same run_id on another replication id: a new generation ...
+        e2 = publish(r2, k, "b", runid="runX", gen="genBBBBB")[0]
+        assert e2 != e1 and e2.startswith("genBBBBB")
+        # ... then the same one again while nothing changes.
+        assert publish(r2, k, "c", runid="runX", gen="genCCCCC")[0] == e2
+        # appendfsync always does not help a promoted replica (it may lack
+        # the last writes); replicated publishing does.
+        e4 = publish(r2, k, "d", runid="runY", lossless="10", gen="genDDDDD")[0]
+        assert e4.startswith("genDDDDD")
+        assert publish(r2, k, "e", runid="runZ", lossless="01", gen="genEEEEE")[0] == e4
+        r2.close()
+    finally:
+        p.stop()
+
+
 def test_a_forgotten_channel_starts_a_new_incarnation(redis):
     r, k = redis, keys()
     r.cmd("DEL", k["srv"])
