@@ -167,7 +167,7 @@ int main(int argc, char **argv)
                     snprintf(pubch, sizeof pubch, "pw:msg:%s", n);
                 }
                 const char *av[19] = {"EVALSHA", sha, "4", srv, meta, hist, idem,
-                                      cluster ? "bench@bench" : "bench", cluster ? "00" : "0",
+                                      cluster ? "bench@bench" : "bench", cluster ? "0010" : "0000",
                                       "0000abcd", "0000beef", "3600", content, "1000", pubch,
                                       "0", "60", "0", cluster ? "SPUBLISH" : "PUBLISH"};
                 redisAppendCommandArgv(cn->c, 19, av, NULL);

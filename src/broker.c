@@ -390,15 +390,22 @@ static void copy_str(char *dst, size_t cap, const redisReply *r)
 
 static void ignore_reply(broker *b, op *o, redisReply *r) { (void)b, (void)o, (void)r; }
 
-/* lib.lua's gen_of flags for the server behind n: what it is configured
- * for (appendonly with appendfsync always; replicated publishing). Its
- * role and replication ids are read by the script itself, at the moment
- * it runs: a connection outlives promotions and full syncs. */
+/* lib.lua's gen_of flags for the server behind n (its header says what
+ * each means): appendonly with appendfsync always; replicated publishing;
+ * a replicated topology, where the script reads the role and replication
+ * ids itself at the moment it runs (a connection outlives promotions and
+ * full syncs); else whether the handshake saw a promoted replica. */
 static const char *gen_flags(const node *n)
 {
+    static const char *const tab[16] = {"0000", "0001", "0010", "0011", "0100", "0101",
+                                        "0110", "0111", "1000", "1001", "1010", "1011",
+                                        "1100", "1101", "1110", "1111"};
+    const broker *b = n->b;
     bool always = n->aof_on && n->fsync_always;
-    bool wait = n->b->cfg.wait_replicas > 0;
-    return always ? (wait ? "11" : "10") : (wait ? "01" : "00");
+    bool wait = b->cfg.wait_replicas > 0;
+    bool replicated = b->cluster || wait || redis_url_is_sentinel(&b->cfg.url);
+    bool promoted = !replicated && !n->replid2_zero;
+    return tab[(always << 3) | (wait << 2) | (replicated << 1) | promoted];
 }
 
 /* ---- the command connection's handshake ------------------------------------ */

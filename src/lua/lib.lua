@@ -12,10 +12,15 @@
 --           RUNID@NODEID (CLUSTER MYID, which survives restarts)
 --   ARGV[2] what the server is configured for: the first "1" when it runs
 --           with appendonly and appendfsync always, the second "1" with
---           replicated publishing (--redis-wait-replicas)
+--           replicated publishing (--redis-wait-replicas), the third "1" in
+--           a replicated topology (Sentinel, Cluster, replicated
+--           publishing), where the replication ids are read here; else the
+--           fourth is "1" when the client saw master_replid2 non-zero
 --   ARGV[3] a fresh random generation
 -- "The one that last answered" is the run_id with the server's current
--- replication id (INFO, read here, never cached by a client): a server's
+-- replication id (INFO, read here, never cached by a client; about 3-7 us
+-- a call, so only in a replicated topology: a lone server's data set is
+-- not replaced without a restart, which changes the run_id): a server's
 -- data set is replaced whenever its replication id changes (a full sync
 -- from another master, a promotion), so the same run of the same server
 -- may hold an older copy of its own writes (seen: a master restarted from
@@ -30,9 +35,12 @@
 --     (MIGRATE moves a key whole), which holds when this node was never
 --     promoted, or with replicated publishing.
 local function gen_of(srv)
-  local info = redis.call('INFO', 'replication')
-  local replid = string.match(info, 'master_replid:(%x+)') or ''
-  local promoted = string.find(string.match(info, 'master_replid2:(%x+)') or '', '[^0]') ~= nil
+  local replid, promoted = '', string.sub(ARGV[2], 4, 4) == '1'
+  if string.sub(ARGV[2], 3, 3) == '1' then
+    local info = redis.call('INFO', 'replication')
+    replid = string.match(info, 'master_replid:(%x+)') or ''
+    promoted = string.find(string.match(info, 'master_replid2:(%x+)') or '', '[^0]') ~= nil
+  end
   local me = ARGV[1] .. '/' .. replid
   local cur = redis.call('HMGET', srv, 'runid', 'gen')
   local gen = cur[2]

@@ -106,8 +106,10 @@ def keys():
             "pubch": "t:msg:" + c}
 
 
-def publish(r, k, content, runid="run1", lossless="0", gen="gen00001", ep="ep000001", ttl=100,
+def publish(r, k, content, runid="run1", lossless=None, gen="gen00001", ep="ep000001", ttl=100,
             history=5, idem=None, idem_ttl=600, replicated=False):
+    if lossless is None:  # lib.lua's flags as the broker passes them
+        lossless = "0110" if replicated else "0000"
     return r.cmd("EVAL", PUBLISH, 4, k["srv"], k["meta"], k["hist"], k["idem"] + "/" + (idem or ""),
                  runid, lossless, gen, ep, ttl, '"%s"' % content, history, k["pubch"],
                  "1" if idem else "0", idem_ttl, "1" if replicated else "0")
@@ -119,8 +121,10 @@ def commit(r, k, epoch, mid, runid="run1", history=None):
                  *extra)
 
 
-def read(r, k, since=None, epoch="", budget=1 << 20, runid="run1", lossless="0", gen="gen00001",
+def read(r, k, since=None, epoch="", budget=1 << 20, runid="run1", lossless=None, gen="gen00001",
          ep="ep000002", ttl=300, replicated=False):
+    if lossless is None:
+        lossless = "0110" if replicated else "0000"
     out = r.cmd("EVAL", READ, 3, k["srv"], k["meta"], k["hist"], runid, lossless, gen, ep, ttl,
                 "1" if since is not None else "0", since or 0, epoch, budget,
                 "1" if replicated else "0")
@@ -193,7 +197,10 @@ def test_the_same_run_with_another_data_set_is_another_server(redis, tmp_path):
     replica, which was promoted and reused 14 ids in the same epoch)."""
     r, k = redis, keys()
     r.cmd("DEL", k["srv"])
-    e1 = publish(r, k, "a", runid="runX", gen="genAAAAA")[0]
+    # ("0010": a replicated topology, where the script reads the replication
+    # ids itself; a lone server's client passes what it saw instead)
+    e1 = publish(r, k, "a", runid="runX", lossless="0010", gen="genAAAAA")[0]
+    assert publish(r, k, "a2", runid="runX", lossless="0010", gen="genA2A2A")[0] == e1
     port = free_port()
     p = Proc("redis2", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                         "--appendonly", "no", "--dir", str(tmp_path)],
@@ -202,18 +209,20 @@ def test_the_same_run_with_another_data_set_is_another_server(redis, tmp_path):
         wait_for(lambda: Resp(port).cmd("PING") == "PONG", what="redis2")
         r2 = Resp(port)
         r2.cmd("REPLICAOF", "127.0.0.1", r.port)
-        wait_for(lambda: r2.cmd("HGET", k["meta"], "seq") == "1", what="the copy")
+        wait_for(lambda: r2.cmd("HGET", k["meta"], "seq") == "2", what="the copy")
         r2.cmd("REPLICAOF", "NO", "ONE")  # promoted: a new replication id
         # The same run_id on another replication id: a new generation ...
-        e2 = publish(r2, k, "b", runid="runX", gen="genBBBBB")[0]
+        e2 = publish(r2, k, "b", runid="runX", lossless="0010", gen="genBBBBB")[0]
         assert e2 != e1 and e2.startswith("genBBBBB")
         # ... then the same one again while nothing changes.
-        assert publish(r2, k, "c", runid="runX", gen="genCCCCC")[0] == e2
+        assert publish(r2, k, "c", runid="runX", lossless="0010", gen="genCCCCC")[0] == e2
         # appendfsync always does not help a promoted replica (it may lack
         # the last writes); replicated publishing does.
-        e4 = publish(r2, k, "d", runid="runY", lossless="10", gen="genDDDDD")[0]
+        e4 = publish(r2, k, "d", runid="runY", lossless="1010", gen="genDDDDD")[0]
         assert e4.startswith("genDDDDD")
-        assert publish(r2, k, "e", runid="runZ", lossless="01", gen="genEEEEE")[0] == e4
+        assert publish(r2, k, "e", runid="runZ", lossless="0110", gen="genEEEEE")[0] == e4
+        # A lone server's client says what it saw: promoted (the fourth).
+        assert publish(r2, k, "f", runid="runW", lossless="1001", gen="genFFFFF")[0] != e4
         r2.close()
     finally:
         p.stop()
