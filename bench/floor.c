@@ -12,6 +12,8 @@
  *   and answers {"id":N+1,...}; GET /status?since=K answers at once with
  *   what the ring holds after K, or holds the request until the next
  *   publish; held requests are answered from one pre-encoded record set;
+ *   with Accept: text/event-stream the request stays open as an EventSource
+ *   stream and every publish is one pre-encoded stdout record to all;
  * - a WebSocket upstream (src/ws_handshake.c): after the 101, every publish
  *   is written to every client as one pre-encoded frame.
  * Client frames are read and dropped. Answers use pushwire's envelope
@@ -51,6 +53,7 @@ typedef struct fconn {
     buf in, out;     /* out: bytes not yet written */
     fcgi_parser fp;  /* K_FCGI */
     bool held;       /* a long-poll waits for the next publish */
+    bool sse;        /* an EventSource stream: every publish is written */
     uint16_t reqid;
     bool close_after; /* the web server did not ask to keep the connection */
 } fconn;
@@ -64,7 +67,7 @@ static fconn *conns[MAX_FDS];
 static int ep;
 static msg ring[RING];
 static uint64_t last_id;
-static unsigned long long published, delivered_polls, delivered_ws;
+static unsigned long long published, delivered_polls, delivered_ws, delivered_sse;
 
 static void die(const char *what)
 {
@@ -226,8 +229,7 @@ static void publish(const char *content, size_t n)
                (unsigned long long)id);
     buf_append(&body, m->json->data, m->json->len);
     buf_puts(&body, "]}\n");
-    buf frame = BUF_INIT;
-    buf ws = BUF_INIT;
+    buf frame = BUF_INIT, ws = BUF_INIT, ev = BUF_INIT, sse = BUF_INIT;
     buf_printf(&ws, "{\"channel\":\"default\",\"epoch\":\"floor\",\"id\":%llu,\"content\":\"",
                (unsigned long long)id);
     buf_append(&ws, content, n);
@@ -236,6 +238,10 @@ static void publish(const char *content, size_t n)
     size_t hl = ws_frame_header(hdr, WS_OP_TEXT, true, ws.len);
     buf_append(&frame, hdr, hl);
     buf_append(&frame, ws.data, ws.len);
+    buf_printf(&ev, "id: floor:%llu\ndata: ", (unsigned long long)id);
+    buf_append(&ev, ws.data, ws.len);
+    buf_puts(&ev, "\n\n");
+    int sse_reqid = -1;
     for (int fd = 0; fd < MAX_FDS; fd++) {
         fconn *c = conns[fd];
         if (!c)
@@ -246,11 +252,21 @@ static void publish(const char *content, size_t n)
         } else if (c->kind == K_WS) {
             delivered_ws++;
             send_bytes(c, frame.data, frame.len);
+        } else if (c->kind == K_FCGI && c->sse) {
+            if (sse_reqid != c->reqid) { /* nginx uses request id 1: one record for all */
+                sse.len = 0;
+                fcgi_rec_stdout(&sse, c->reqid, ev.data, ev.len);
+                sse_reqid = c->reqid;
+            }
+            delivered_sse++;
+            send_bytes(c, sse.data, sse.len);
         }
     }
     buf_free(&body);
     buf_free(&frame);
     buf_free(&ws);
+    buf_free(&ev);
+    buf_free(&sse);
 }
 
 static void fcgi_request(fconn *c)
@@ -273,6 +289,18 @@ static void fcgi_request(fconn *c)
                          "{\"id\":%llu,\"channel\":\"default\",\"epoch\":\"floor\"}\n",
                          (unsigned long long)last_id);
         fcgi_answer(c, ans, (size_t)n);
+        return;
+    }
+    const char *accept = fcgi_param(&c->fp, FP_HTTP_ACCEPT);
+    if (accept && strstr(accept, "text/event-stream")) {
+        static const char head[] = "Status: 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                   "Cache-Control: no-store\r\nX-Accel-Buffering: no\r\n\r\n";
+        buf r = BUF_INIT;
+        fcgi_rec_stdout(&r, c->reqid, head, sizeof head - 1);
+        fcgi_parser_next(&c->fp);
+        c->sse = true; /* until nginx closes the connection */
+        send_bytes(c, r.data, r.len);
+        buf_free(&r);
         return;
     }
     const char *s = query ? strstr(query, "since=") : NULL;
@@ -443,7 +471,7 @@ int main(int argc, char **argv)
             }
         }
     }
-    fprintf(stderr, "floor: published %llu, long-poll answers %llu, WebSocket frames %llu\n",
-            published, delivered_polls, delivered_ws);
+    fprintf(stderr, "floor: published %llu, long-poll answers %llu, WebSocket frames %llu, events %llu\n",
+            published, delivered_polls, delivered_ws, delivered_sse);
     return 0;
 }

@@ -38,9 +38,9 @@
 /* ------------------------------------------------------------------ config */
 
 enum { SRV_PUSHWIRE, SRV_TORNADO, SRV_NCHAN };
-enum { MODE_LP, MODE_WS };
+enum { MODE_LP, MODE_WS, MODE_SSE };
 static const char *const srv_names[] = {"pushwire", "tornado", "nchan"};
-static const char *const mode_names[] = {"longpoll", "ws"};
+static const char *const mode_names[] = {"longpoll", "ws", "sse"};
 
 #define MAX_PIDS 64
 #define MAX_PUBCONNS 64
@@ -821,7 +821,15 @@ static int sub_target(struct sub *s, char *buf, size_t cap)
 
 static void build_request(struct sub *s)
 {
-    if (C.mode == MODE_WS) {
+    if (C.mode == MODE_SSE) {
+        /* HTTP/1.0: the stream comes unchunked and ends with the connection */
+        char tgt[320];
+        sub_target(s, tgt, sizeof tgt);
+        int n = snprintf(s->obuf, OBUF, "GET %s HTTP/1.0\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n",
+                         tgt, hostport);
+        s->outp = s->obuf;
+        s->out_len = (uint16_t)(n < OBUF ? n : OBUF - 1);
+    } else if (C.mode == MODE_WS) {
         if (C.server != SRV_PUSHWIRE) {
             s->outp = ws_static;
             s->out_len = (uint16_t)ws_static_len;
@@ -1232,9 +1240,56 @@ static long ws_process(struct sub *s, char *data, size_t len, int eof)
     return (long)off;
 }
 
+/* ---- EventSource */
+
+/* complete events ("\n\n"-terminated) of the stream: every data line is a
+ * payload (pushwire: one message's JSON; Nchan: the content itself) */
+static long sse_process(struct sub *s, char *data, size_t len, int eof)
+{
+    size_t off = 0;
+    (void)eof;
+    if (s->state == ST_WAIT) {
+        struct hresp h;
+        long rc = http_parse(data, len, 0, &h, 1);
+        if (rc == 0)
+            return 0;
+        if (rc < 0 || h.status != 200) {
+            S.handshake_failures++;
+            vlog("sub %d: EventSource answered %d", sidx(s), rc < 0 ? -1 : h.status);
+            sub_connect_failed(s, "EventSource status");
+            return -1;
+        }
+        off = (size_t)rc;
+        s->state = ST_OPEN;
+        s->ever_ok = 1;
+        sub_mark_ready(s);
+    }
+    int64_t now = mono_ns();
+    while (off < len) {
+        char *ev = data + off, *end = memmem(ev, len - off, "\n\n", 2);
+        if (!end)
+            break;
+        for (char *l = ev; l < end;) {
+            char *nl = memchr(l, '\n', (size_t)(end - l));
+            char *le = nl ? nl : end;
+            if (le - l >= 5 && !memcmp(l, "data:", 5)) {
+                char *v = l + 5;
+                if (v < le && *v == ' ')
+                    v++;
+                handle_payload(sidx(s), v, (size_t)(le - v), now);
+            }
+            l = le + 1;
+        }
+        off = (size_t)(end - data) + 2;
+    }
+    return (long)off;
+}
+
 static long sub_process(struct sub *s, char *data, size_t len, int eof)
 {
-    return C.mode == MODE_LP ? lp_process(s, data, len, eof) : ws_process(s, data, len, eof);
+    return C.mode == MODE_LP ? lp_process(s, data, len, eof)
+         : C.mode == MODE_SSE ? sse_process(s, data, len, eof)
+                              : ws_process(s, data, len, eof);
 }
 
 static void sub_handle_eof(struct sub *s, int err)
@@ -2074,7 +2129,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: loadgen --port P [options]\n"
             "Push fan-out load generator (single thread, epoll).\n\n"
-            "  --mode longpoll|ws        subscriber transport (default longpoll)\n"
+            "  --mode longpoll|ws|sse    subscriber transport (default longpoll; sse: EventSource)\n"
             "  --server pushwire|tornado|nchan   protocol flavour (default pushwire)\n"
             "  --host IPv4               server address (default 127.0.0.1)\n"
             "  --port P                  server port (required)\n"
@@ -2201,8 +2256,10 @@ int main(int argc, char **argv)
                 C.mode = MODE_LP;
             else if (!strcmp(optarg, "ws") || !strcmp(optarg, "websocket"))
                 C.mode = MODE_WS;
+            else if (!strcmp(optarg, "sse") || !strcmp(optarg, "eventsource"))
+                C.mode = MODE_SSE;
             else
-                die("--mode longpoll|ws");
+                die("--mode longpoll|ws|sse");
             break;
         case OPT_SERVER:
             if (!strcmp(optarg, "pushwire"))
