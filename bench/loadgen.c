@@ -1118,27 +1118,35 @@ static int ws_message(struct sub *s, const char *p, size_t n)
     return 0;
 }
 
-static long ws_process(struct sub *s, char *data, size_t len, int eof)
+/* The head of a streaming answer (a WebSocket 101, an EventSource 200):
+ * bytes consumed and the subscriber open and held, 0 for more to come, or
+ * -1 when it failed (the subscriber was closed). */
+static long stream_head(struct sub *s, char *data, size_t len)
+{
+    struct hresp h;
+    long rc = http_parse(data, len, 0, &h, 1);
+    if (rc == 0)
+        return 0;
+    int ok = rc > 0 && (C.mode == MODE_SSE ? h.status == 200
+                                           : h.status == 101 && h.wsaccept &&
+                                                 h.wsaccept_len == sizeof WS_ACCEPT - 1 &&
+                                                 !memcmp(h.wsaccept, WS_ACCEPT, h.wsaccept_len));
+    if (!ok) {
+        S.handshake_failures++;
+        vlog("sub %d: handshake failed (status %d)", sidx(s), rc < 0 ? -1 : h.status);
+        sub_connect_failed(s, "handshake");
+        return -1;
+    }
+    s->state = ST_OPEN;
+    s->ever_ok = 1;
+    sub_mark_ready(s);
+    return rc;
+}
+
+/* frames after the head; returns bytes consumed, or -1 if closed/reset */
+static long ws_process(struct sub *s, char *data, size_t len)
 {
     size_t off = 0;
-    (void)eof;
-    if (s->state == ST_WAIT) {
-        struct hresp h;
-        long rc = http_parse(data, len, 0, &h, 1);
-        if (rc == 0)
-            return 0;
-        if (rc < 0 || h.status != 101 || !h.wsaccept || h.wsaccept_len != sizeof WS_ACCEPT - 1 ||
-            memcmp(h.wsaccept, WS_ACCEPT, h.wsaccept_len)) {
-            S.handshake_failures++;
-            vlog("sub %d: handshake failed (status %d)", sidx(s), h.status);
-            sub_connect_failed(s, "handshake");
-            return -1;
-        }
-        off = (size_t)rc;
-        s->state = ST_OPEN;
-        s->ever_ok = 1;
-        sub_mark_ready(s);
-    }
     while (off < len) {
         unsigned char *f = (unsigned char *)data + off;
         size_t avail = len - off;
@@ -1244,26 +1252,9 @@ static long ws_process(struct sub *s, char *data, size_t len, int eof)
 
 /* complete events ("\n\n"-terminated) of the stream: every data line is a
  * payload (pushwire: one message's JSON; Nchan: the content itself) */
-static long sse_process(struct sub *s, char *data, size_t len, int eof)
+static long sse_process(struct sub *s, char *data, size_t len)
 {
     size_t off = 0;
-    (void)eof;
-    if (s->state == ST_WAIT) {
-        struct hresp h;
-        long rc = http_parse(data, len, 0, &h, 1);
-        if (rc == 0)
-            return 0;
-        if (rc < 0 || h.status != 200) {
-            S.handshake_failures++;
-            vlog("sub %d: EventSource answered %d", sidx(s), rc < 0 ? -1 : h.status);
-            sub_connect_failed(s, "EventSource status");
-            return -1;
-        }
-        off = (size_t)rc;
-        s->state = ST_OPEN;
-        s->ever_ok = 1;
-        sub_mark_ready(s);
-    }
     int64_t now = mono_ns();
     while (off < len) {
         char *ev = data + off, *end = memmem(ev, len - off, "\n\n", 2);
@@ -1287,9 +1278,18 @@ static long sse_process(struct sub *s, char *data, size_t len, int eof)
 
 static long sub_process(struct sub *s, char *data, size_t len, int eof)
 {
-    return C.mode == MODE_LP ? lp_process(s, data, len, eof)
-         : C.mode == MODE_SSE ? sse_process(s, data, len, eof)
-                              : ws_process(s, data, len, eof);
+    if (C.mode == MODE_LP)
+        return lp_process(s, data, len, eof);
+    size_t off = 0;
+    if (s->state == ST_WAIT) {
+        long rc = stream_head(s, data, len);
+        if (rc <= 0)
+            return rc;
+        off = (size_t)rc;
+    }
+    long used = C.mode == MODE_SSE ? sse_process(s, data + off, len - off)
+                                   : ws_process(s, data + off, len - off);
+    return used < 0 ? -1 : (long)off + used;
 }
 
 static void sub_handle_eof(struct sub *s, int err)
