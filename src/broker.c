@@ -912,6 +912,7 @@ static void slots_reply(broker *b, op *o, redisReply *r)
 {
     b->refresh_inflight = false;
     int owned = -1;
+    bool was_cmd = owners_ready(b, false), was_sub = owners_ready(b, true);
     if (r && r->type == REDIS_REPLY_ARRAY) {
         memcpy(b->prev_owner, b->map->owner, sizeof b->map->owner);
         owned = slots_load(b->map, r, o->n->url.host);
@@ -944,6 +945,14 @@ static void slots_reply(broker *b, op *o, redisReply *r)
         log_info("redis cluster: %d of %d slots served by %u masters%s", owned, SLOTS_COUNT,
                  masters, first ? "" : " (the map changed)");
     }
+    /* A new map, or one that makes every owner reachable (a channel whose
+     * owner was down stayed unsubscribed), is news even when no connection
+     * came up. Before the refused subscriptions below, so that what waits
+     * for an owner goes where the map now says first. */
+    if ((changed || (!was_cmd && owners_ready(b, false))) && b->hooks.cmd_up)
+        b->hooks.cmd_up(b->hooks.ctx);
+    if ((changed || (!was_sub && owners_ready(b, true))) && b->hooks.sub_up)
+        b->hooks.sub_up(b->hooks.ctx);
     /* Subscriptions a node refused: subscribe them again, where the map
      * now says. */
     size_t nr = b->nresubs;
@@ -953,12 +962,6 @@ static void slots_reply(broker *b, op *o, redisReply *r)
     for (size_t i = 0; i < nr && b->hooks.unsubscribed; i++)
         b->hooks.unsubscribed(b->hooks.ctx, rs[i].name, rs[i].node);
     free(rs);
-    if (changed) {
-        if (b->hooks.cmd_up)
-            b->hooks.cmd_up(b->hooks.ctx);
-        if (b->hooks.sub_up)
-            b->hooks.sub_up(b->hooks.ctx);
-    }
     refresh_soon(b, owners_ready(b, false) && owners_ready(b, true) ? REFRESH_OK_MS
                                                                    : REFRESH_DEGRADED_MS);
 }

@@ -56,11 +56,13 @@ typedef struct broker_config {
 typedef struct broker_hooks {
     void *ctx;
     /* More commands can be sent than before (a node's command connection
-     * is ready, or the slot map changed): retry what waits. */
+     * is ready, or the slot map changed or made every owner reachable):
+     * retry what waits. */
     void (*cmd_up)(void *ctx);
     void (*cmd_down)(void *ctx); /* a command connection lost; its ops got errors */
-    /* A pub/sub connection is ready or the slot map changed: subscribe
-     * every channel that is not. */
+    /* A pub/sub connection is ready, or the slot map changed or made every
+     * owner reachable: subscribe every channel that is not. After a map
+     * change both are called, cmd_up first. */
     void (*sub_up)(void *ctx);
     /* Every subscription made on node is gone. */
     void (*sub_down)(void *ctx, int node);

@@ -873,11 +873,18 @@ static void presence_cb(loop *l, timer *t)
     free(counts);
 }
 
-static void on_cmd_up(void *ctx)
+/* Something became reachable (a connection, or a slot map naming other
+ * owners): subscribe every channel that is not, then let every channel
+ * make progress. One entry for both kinds of news: a new slot map makes
+ * commands and subscriptions possible at once, and the invariants hold
+ * only once both were acted on, whichever hook comes first. */
+static void hub_wake(hub *h)
 {
-    hub *h = ctx;
-    h->presence_full = true;
     HUB_ENTER(h);
+    for (size_t i = 0; i < h->buckets; i++)
+        for (hub_channel *c = h->table[i]; c; c = c->hnext)
+            if (c->nsubs)
+                ch_subscribe(c);
     for (size_t i = 0; i < h->buckets; i++)
         for (hub_channel *c = h->table[i]; c; c = c->hnext) {
             if (c->synced)
@@ -889,16 +896,14 @@ static void on_cmd_up(void *ctx)
     HUB_LEAVE(h);
 }
 
-static void on_sub_up(void *ctx)
+static void on_cmd_up(void *ctx)
 {
     hub *h = ctx;
-    HUB_ENTER(h);
-    for (size_t i = 0; i < h->buckets; i++)
-        for (hub_channel *c = h->table[i]; c; c = c->hnext)
-            if (c->nsubs)
-                ch_subscribe(c);
-    HUB_LEAVE(h);
+    h->presence_full = true;
+    hub_wake(h);
 }
+
+static void on_sub_up(void *ctx) { hub_wake(ctx); }
 
 /* The subscription is gone: the channel waits for the next one, and
  * re-reads from Redis what it missed meanwhile. */
