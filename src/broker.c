@@ -912,8 +912,12 @@ static void slots_reply(broker *b, op *o, redisReply *r)
 {
     b->refresh_inflight = false;
     int owned = -1;
-    bool was_cmd = owners_ready(b, false), was_sub = owners_ready(b, true);
+    bool was_cmd = false, was_sub = false;
     if (r && r->type == REDIS_REPLY_ARRAY) {
+        /* (Only with a reply: without one the broker may be being freed,
+         * its nodes half gone.) */
+        was_cmd = owners_ready(b, false);
+        was_sub = owners_ready(b, true);
         memcpy(b->prev_owner, b->map->owner, sizeof b->map->owner);
         owned = slots_load(b->map, r, o->n->url.host);
     }
