@@ -28,12 +28,21 @@
 -- channel stamped with its own run_id, 14 writes behind). Then, as for
 -- another server: the generation is kept only when nothing acknowledged
 -- can be missing here:
---   this server (same node): appendfsync always and never promoted from
---     a replica (master_replid2 all zeros), or replicated publishing and
---     promoted (it has every committed message, readers saw no other);
+--   the same run on another replication id: never promoted (a master
+--     changes its id, clearing master_replid2, when it gets its first
+--     replica or frees its backlog after repl-backlog-ttl without one: its
+--     data set is the same; seen in CI: a cluster's channel reset when its
+--     master's replica first synced), or replicated publishing;
+--   this server restarted (same node): appendfsync always and never
+--     promoted from a replica (master_replid2 all zeros), or replicated
+--     publishing and promoted (it has every committed message, readers saw
+--     no other);
 --   a channel another cluster node wrote: it came by a slot migration
 --     (MIGRATE moves a key whole), which holds when this node was never
 --     promoted, or with replicated publishing.
+-- (Left: a replica of a copy of our own writes, promoted, that then sits
+-- past repl-backlog-ttl without a replica loses its master_replid2 and
+-- passes for never promoted, on channels not written in between.)
 local function gen_of(srv)
   local replid, promoted = '', string.sub(ARGV[2], 4, 4) == '1'
   if string.sub(ARGV[2], 3, 3) == '1' then
@@ -50,7 +59,7 @@ local function gen_of(srv)
     local prev = cur[1] and string.match(cur[1], '@([^/]+)')
     local always, wait = string.sub(ARGV[2], 1, 1) == '1', string.sub(ARGV[2], 2, 2) == '1'
     local keep
-    if node and prev and node ~= prev then
+    if string.match(cur[1] or '', '^[^/]*') == ARGV[1] or (node and prev and node ~= prev) then
       keep = not promoted or wait
     else
       keep = (always and not promoted) or (wait and promoted)

@@ -3,6 +3,7 @@ argument, exactly as broker.c calls them (lib.lua in front of publish.lua and
 read.lua, as the Makefile embeds them): ids, history cap, idempotency, the
 pub/sub payload, server generations, channel incarnations, every reset rule
 of SPEC.md, the byte budget, heartbeats."""
+import re
 import os
 import socket
 import time
@@ -208,8 +209,16 @@ def test_the_same_run_with_another_data_set_is_another_server(redis, tmp_path):
     try:
         wait_for(lambda: Resp(port).cmd("PING") == "PONG", what="redis2")
         r2 = Resp(port)
+        before = replid(r)
         r2.cmd("REPLICAOF", "127.0.0.1", r.port)
         wait_for(lambda: r2.cmd("HGET", k["meta"], "seq") == "2", what="the copy")
+        # A master changes its replication id when it gets its first
+        # replica; its data set is the same: the generation stays (CI,
+        # compose cluster profile: publishing started before the replicas
+        # synced, and the channel was reset).
+        assert replid(r) != before
+        assert publish(r, k, "a3", runid="runX", lossless="0010", gen="genA3A3A")[0] == e1
+        wait_for(lambda: r2.cmd("HGET", k["meta"], "seq") == "3", what="the copy")
         r2.cmd("REPLICAOF", "NO", "ONE")  # promoted: a new replication id
         # The same run_id on another replication id: a new generation ...
         e2 = publish(r2, k, "b", runid="runX", lossless="0010", gen="genBBBBB")[0]
@@ -224,8 +233,22 @@ def test_the_same_run_with_another_data_set_is_another_server(redis, tmp_path):
         # A lone server's client says what it saw: promoted (the fourth).
         assert publish(r2, k, "f", runid="runW", lossless="1001", gen="genFFFFF")[0] != e4
         r2.close()
+        # ... and again when it frees its backlog, repl-backlog-ttl after
+        # its last replica left.
+        before = replid(r)
+        r.cmd("CONFIG", "SET", "repl-backlog-ttl", "1")
+        try:
+            wait_for(lambda: replid(r) != before, timeout=20, what="the backlog freed")
+        finally:
+            r.cmd("CONFIG", "SET", "repl-backlog-ttl", "3600")
+        assert publish(r, k, "a4", runid="runX", lossless="0010", gen="genA4A4A")[0] == e1
     finally:
         p.stop()
+
+
+def replid(r):
+    info = r.cmd("INFO", "replication")
+    return re.search(r"master_replid:(\w+)", info).group(1)
 
 
 def test_a_forgotten_channel_starts_a_new_incarnation(redis):
