@@ -58,8 +58,9 @@ local function gen_of(srv)
     local node = string.match(ARGV[1], '@(.+)$')
     local prev = cur[1] and string.match(cur[1], '@([^/]+)')
     local always, wait = string.sub(ARGV[2], 1, 1) == '1', string.sub(ARGV[2], 2, 2) == '1'
+    local same_run = string.match(cur[1] or '', '^[^/]*') == ARGV[1]
     local keep
-    if string.match(cur[1] or '', '^[^/]*') == ARGV[1] or (node and prev and node ~= prev) then
+    if same_run or (node and prev and node ~= prev) then
       keep = not promoted or wait
     else
       keep = (always and not promoted) or (wait and promoted)
