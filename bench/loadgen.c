@@ -1,5 +1,5 @@
 /*
- * loadgen - push fan-out load generator for pushwire, the Tornado demo and Nchan.
+ * loadgen - push fan-out load generator for pushwire, the Tornado demo, Nchan and Socket.IO.
  *
  * One thread, one epoll loop (level triggered).  Opens N subscribers (HTTP
  * long-poll or WebSocket) at a bounded rate, waits until all are held,
@@ -37,9 +37,9 @@
 
 /* ------------------------------------------------------------------ config */
 
-enum { SRV_PUSHWIRE, SRV_TORNADO, SRV_NCHAN };
+enum { SRV_PUSHWIRE, SRV_TORNADO, SRV_NCHAN, SRV_SOCKETIO };
 enum { MODE_LP, MODE_WS, MODE_SSE };
-static const char *const srv_names[] = {"pushwire", "tornado", "nchan"};
+static const char *const srv_names[] = {"pushwire", "tornado", "nchan", "socketio"};
 static const char *const mode_names[] = {"longpoll", "ws", "sse"};
 
 #define MAX_PIDS 64
@@ -55,7 +55,8 @@ static struct {
     const char *host;
     int port, pub_port; /* pub_port 0: same as port */
     const char *path, *pub_path, *channel;
-    int subs, messages, interval_ms, size;
+    int subs, messages, size;
+    double interval_ms; /* fractional: rates above 1,000 a second */
     double connect_rate;
     int connect_inflight, connect_timeout_ms, retries;
     /* Several processes on one run (bench/run's 100k case): followers hold
@@ -1112,9 +1113,30 @@ static long lp_process(struct sub *s, char *data, size_t len, int eof)
 
 /* ---- WebSocket */
 
+/* Socket.IO over Engine.IO 4 (one packet per frame): "0{..}" open -> send
+ * "40" (connect to the main namespace); "40{..}" the connect ack: held from
+ * here (the server joined the room before acking); "2" ping -> "3" pong;
+ * "42[..]" an event: a payload. */
+static void sio_packet(struct sub *s, const char *p, size_t n)
+{
+    if (n >= 1 && p[0] == '0')
+        sub_send_ctrl(s, 0x1, "40", 2);
+    else if (n == 1 && p[0] == '2')
+        sub_send_ctrl(s, 0x1, "3", 1);
+    else if (n >= 2 && p[0] == '4' && p[1] == '0')
+        sub_mark_ready(s);
+    else if (n >= 2 && p[0] == '4' && p[1] == '2')
+        handle_payload(sidx(s), p, n, mono_ns());
+    else if (!(n >= 2 && p[0] == '4' && p[1] == '1') && !(n == 1 && p[0] == '6'))
+        S.proto_errors++;
+}
+
 static int ws_message(struct sub *s, const char *p, size_t n)
 {
-    handle_payload(sidx(s), p, n, mono_ns());
+    if (C.server == SRV_SOCKETIO)
+        sio_packet(s, p, n);
+    else
+        handle_payload(sidx(s), p, n, mono_ns());
     return 0;
 }
 
@@ -1139,7 +1161,8 @@ static long stream_head(struct sub *s, char *data, size_t len)
     }
     s->state = ST_OPEN;
     s->ever_ok = 1;
-    sub_mark_ready(s);
+    if (C.server != SRV_SOCKETIO) /* Socket.IO: once the namespace is joined */
+        sub_mark_ready(s);
     return rc;
 }
 
@@ -1753,7 +1776,7 @@ static void start_publish(int64_t now)
             finish(now, "no subscriber could be held");
         return;
     }
-    vlog("publish phase: %d held, %d messages every %d ms", held_at_pub, M, C.interval_ms);
+    vlog("publish phase: %d held, %d messages every %g ms", held_at_pub, M, C.interval_ms);
     if (held_at_pub == 0)
         finish(now, "no subscriber could be held (nothing published)");
 }
@@ -1822,8 +1845,8 @@ static void tick(int64_t now)
         break;
     case PH_PUBLISH:
         run_connects(now);
-        while (next_pub < M && now >= t_pub_start + (int64_t)next_pub * C.interval_ms * 1000000LL) {
-            pub_sched_ns[next_pub] = t_pub_start + (int64_t)next_pub * C.interval_ms * 1000000LL;
+        while (next_pub < M && now >= t_pub_start + (int64_t)((double)next_pub * C.interval_ms * 1e6)) {
+            pub_sched_ns[next_pub] = t_pub_start + (int64_t)((double)next_pub * C.interval_ms * 1e6);
             publish(next_pub);
             next_pub++;
         }
@@ -1851,7 +1874,7 @@ static int64_t next_wake(int64_t now)
 {
     int64_t w = now + (phase <= PH_HOLD ? 5000000LL : 50000000LL);
     if (phase == PH_PUBLISH && next_pub < M) {
-        int64_t d = t_pub_start + (int64_t)next_pub * C.interval_ms * 1000000LL;
+        int64_t d = t_pub_start + (int64_t)((double)next_pub * C.interval_ms * 1e6);
         if (d < w)
             w = d;
     }
@@ -1983,7 +2006,7 @@ static void report(void)
     double conn_wall = t_connect_end / 1e9;
     long lost = (long)(expected - S.received);
 
-    printf("loadgen: server=%s mode=%s %s:%d path=%s pub=%s subs=%d messages=%d interval=%dms size=%zu runid=%s\n",
+    printf("loadgen: server=%s mode=%s %s:%d path=%s pub=%s subs=%d messages=%d interval=%gms size=%zu runid=%s\n",
            srv_names[C.server], mode_names[C.mode], C.host, C.port, C.path, C.pub_path, N, M, C.interval_ms,
            content_len_actual, runid);
     printf("end: %s after %.3f s (connect %.3f s, publish+settle %.3f s)\n", end_reason, t_end / 1e9, conn_wall,
@@ -2054,7 +2077,7 @@ static void report(void)
             fprintf(stderr, "loadgen: cannot write %s: %s\n", C.json_out, strerror(errno));
         } else {
             fprintf(f, "{\"server\":\"%s\",\"mode\":\"%s\",\"host\":\"%s\",\"port\":%d,\"path\":\"%s\",\"pub_path\":\"%s\","
-                       "\"channel\":\"%s\",\"subs\":%d,\"messages\":%d,\"interval_ms\":%d,\"size\":%zu,\"runid\":\"%s\",",
+                       "\"channel\":\"%s\",\"subs\":%d,\"messages\":%d,\"interval_ms\":%g,\"size\":%zu,\"runid\":\"%s\",",
                     srv_names[C.server], mode_names[C.mode], C.host, C.port, C.path, C.pub_path,
                     C.channel ? C.channel : "", N, M, C.interval_ms, content_len_actual, runid);
             fprintf(f, "\"end_reason\":\"%s\",\"duration_s\":%.3f,\"connect_s\":%.3f,\"publish_settle_s\":%.3f,",
@@ -2130,7 +2153,8 @@ static void usage(FILE *f)
             "usage: loadgen --port P [options]\n"
             "Push fan-out load generator (single thread, epoll).\n\n"
             "  --mode longpoll|ws|sse    subscriber transport (default longpoll; sse: EventSource)\n"
-            "  --server pushwire|tornado|nchan   protocol flavour (default pushwire)\n"
+            "  --server pushwire|tornado|nchan|socketio   protocol flavour (default pushwire; socketio:\n"
+            "                            Engine.IO 4 over WebSocket, --mode ws only)\n"
             "  --host IPv4               server address (default 127.0.0.1)\n"
             "  --port P                  server port (required)\n"
             "  --path PATH               subscribe path (default /status; tornado ws: /ws, the\n"
@@ -2268,8 +2292,10 @@ int main(int argc, char **argv)
                 C.server = SRV_TORNADO;
             else if (!strcmp(optarg, "nchan"))
                 C.server = SRV_NCHAN;
+            else if (!strcmp(optarg, "socketio"))
+                C.server = SRV_SOCKETIO;
             else
-                die("--server pushwire|tornado|nchan");
+                die("--server pushwire|tornado|nchan|socketio");
             break;
         case OPT_HOST: C.host = optarg; break;
         case OPT_PORT: C.port = atoi(optarg); break;
@@ -2279,7 +2305,7 @@ int main(int argc, char **argv)
         case OPT_CHANNEL: C.channel = optarg; break;
         case OPT_SUBS: C.subs = atoi(optarg); break;
         case OPT_MSGS: C.messages = atoi(optarg); break;
-        case OPT_INTERVAL: C.interval_ms = atoi(optarg); break;
+        case OPT_INTERVAL: C.interval_ms = atof(optarg); break;
         case OPT_SIZE: C.size = atoi(optarg); break;
         case OPT_RATE: C.connect_rate = atof(optarg); break;
         case OPT_INFLIGHT: C.connect_inflight = atoi(optarg); break;
@@ -2331,7 +2357,11 @@ int main(int argc, char **argv)
     if (C.retries < 0 || C.retries > 255)
         C.retries = 3;
     if (!C.path)
-        C.path = (C.server == SRV_TORNADO && C.mode == MODE_WS) ? "/ws" : "/status";
+        C.path = (C.server == SRV_TORNADO && C.mode == MODE_WS) ? "/ws"
+                 : C.server == SRV_SOCKETIO                      ? "/socket.io/?EIO=4&transport=websocket"
+                                                                 : "/status";
+    if (C.server == SRV_SOCKETIO && C.mode != MODE_WS)
+        die("--server socketio: only --mode ws (Socket.IO's WebSocket transport)");
     if (C.pub_form < 0)
         C.pub_form = (C.server == SRV_TORNADO);
     if (C.connect_phase_s < 0)
