@@ -51,30 +51,46 @@ static bool channel_ok(const char *c)
     return api_channel_valid(c, strlen(c));
 }
 
-static void check_publish(const api_publish *p, const api_limits *lim)
+static void check_msg(const api_msg *m, const api_limits *lim)
 {
-    CHECK(channel_ok(p->channel));
-    CHECK(p->content != NULL);
-    CHECK(p->content_len <= lim->max_content);
-    CHECK(p->content[p->content_len] == '\0');
-    CHECK(memchr(p->content, '\0', p->content_len) == NULL);
-    CHECK(utf8_valid((const uint8_t *)p->content, p->content_len));
-    size_t kl = strlen(p->idem_key);
-    CHECK(kl <= PW_IDEM_KEY_MAX);
-    for (size_t i = 0; i < kl; i++)
-        CHECK((unsigned char)p->idem_key[i] > 0x20 && (unsigned char)p->idem_key[i] < 0x7f);
+    CHECK(channel_ok(m->channel));
+    CHECK(m->content != NULL);
+    CHECK(m->content_len <= lim->max_content);
+    CHECK(m->content[m->content_len] == '\0');
+    CHECK(memchr(m->content, '\0', m->content_len) == NULL);
+    CHECK(utf8_valid((const uint8_t *)m->content, m->content_len));
 
     /* Accepted content is carried faithfully: its JSON literal decodes back
      * to the same bytes. */
     buf b = BUF_INIT;
-    env_json_string(&b, p->content, p->content_len);
+    env_json_string(&b, m->content, m->content_len);
     json_error_t jerr;
     json_t *j = json_loadb(b.data, b.len, JSON_DECODE_ANY, &jerr);
     CHECK(j && json_is_string(j));
-    CHECK(json_string_length(j) == p->content_len);
-    CHECK(memcmp(json_string_value(j), p->content, p->content_len) == 0);
+    CHECK(json_string_length(j) == m->content_len);
+    CHECK(memcmp(json_string_value(j), m->content, m->content_len) == 0);
     json_decref(j);
     buf_free(&b);
+}
+
+static void check_publish(const api_publish *p, const api_limits *lim)
+{
+    CHECK(p->n >= 1 && p->n <= API_BATCH_MAX && p->msgs != NULL);
+    CHECK(p->batch || p->n == 1);
+    size_t kl = strlen(p->idem_key);
+    CHECK(kl <= PW_IDEM_KEY_MAX);
+    for (size_t i = 0; i < kl; i++)
+        CHECK((unsigned char)p->idem_key[i] > 0x20 && (unsigned char)p->idem_key[i] < 0x7f);
+    for (size_t i = 0; i < p->n; i++) {
+        check_msg(&p->msgs[i], lim);
+        /* each message's key: the request's, or KEY#i; distinct in a batch */
+        char key[PW_IDEM_KEY_MAX + 16];
+        api_publish_idem_key(p, i, key, sizeof key);
+        CHECK(strlen(key) < sizeof key - 1);
+        CHECK(!kl == !key[0]);
+        CHECK(strncmp(key, p->idem_key, kl) == 0);
+        CHECK(!p->batch || !kl || strtoul(key + kl + 1, NULL, 10) == i);
+    }
 }
 
 static void check_poll(const api_poll *p, const api_limits *lim, size_t cap)
@@ -181,10 +197,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (api_parse_publish(&in, lim, &pub, &err) == 0) {
         check_publish(&pub, lim);
         api_publish_free(&pub);
-        CHECK(pub.content == NULL);
+        CHECK(pub.msgs == NULL && pub.n == 0);
     } else {
         check_error(&err);
-        CHECK(pub.content == NULL);
+        CHECK(pub.msgs == NULL && pub.n == 0);
     }
 
     api_poll poll;

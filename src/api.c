@@ -6,6 +6,7 @@
 #include "api.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -179,7 +180,7 @@ static int check_content(const char *s, size_t n, const api_limits *lim, api_err
     return 0;
 }
 
-static int parse_form_body(const api_http *in, const api_limits *lim, api_publish *out,
+static int parse_form_body(const api_http *in, const api_limits *lim, api_msg *out,
                            bool *have_channel, api_error *err)
 {
     form_iter it;
@@ -219,8 +220,35 @@ static int parse_form_body(const api_http *in, const api_limits *lim, api_publis
     return 0;
 }
 
+/* One {"content": ..., "channel": ...} object into m; the channel is the
+ * object's, else `deflt` (the query's, or "default"). */
+static int parse_json_msg(json_t *o, const api_limits *lim, const char *deflt, bool have_deflt,
+                          api_msg *m, api_error *err)
+{
+    json_t *content = json_object_get(o, "content");
+    if (!content)
+        return fail(err, 400, "missing field: content");
+    if (!json_is_string(content))
+        return fail(err, 400, "content must be a string");
+    bool have = have_deflt;
+    strcpy(m->channel, deflt);
+    json_t *ch = json_object_get(o, "channel");
+    if (ch) {
+        if (!json_is_string(ch))
+            return fail(err, 400, "channel must be a string");
+        if (set_channel(m->channel, &have, json_string_value(ch), json_string_length(ch), err) < 0)
+            return -1;
+    }
+    size_t n = json_string_length(content);
+    if (check_content(json_string_value(content), n, lim, err) < 0)
+        return -1;
+    m->content = xstrndup(json_string_value(content), n);
+    m->content_len = n;
+    return 0;
+}
+
 static int parse_json_body(const api_http *in, const api_limits *lim, api_publish *out,
-                           bool *have_channel, api_error *err)
+                           const char *channel, bool have_channel, api_error *err)
 {
     json_error_t jerr;
     /* jansson refuses invalid UTF-8, "\u0000" (without JSON_ALLOW_NUL) and
@@ -233,30 +261,34 @@ static int parse_json_body(const api_http *in, const api_limits *lim, api_publis
         fail(err, 400, "JSON body must be an object");
         goto out;
     }
-    json_t *content = json_object_get(root, "content");
-    if (!content) {
-        fail(err, 400, "missing field: content");
+    json_t *list = json_object_get(root, "messages");
+    if (!list) {
+        out->msgs = xcalloc(1, sizeof *out->msgs);
+        out->n = 1;
+        rc = parse_json_msg(root, lim, channel, have_channel, &out->msgs[0], err);
         goto out;
     }
-    if (!json_is_string(content)) {
-        fail(err, 400, "content must be a string");
+    /* A batch: every item is checked before anything is published. */
+    if (json_object_get(root, "content") || json_object_get(root, "channel")) {
+        fail(err, 400, "a batch gives content and channel per message, in \"messages\"");
         goto out;
     }
-    json_t *ch = json_object_get(root, "channel");
-    if (ch) {
-        if (!json_is_string(ch)) {
-            fail(err, 400, "channel must be a string");
+    if (!json_is_array(list) || json_array_size(list) < 1 || json_array_size(list) > API_BATCH_MAX) {
+        fail(err, 400, "messages must be an array of 1 to 1000 objects");
+        goto out;
+    }
+    out->batch = true;
+    out->msgs = xcalloc(json_array_size(list), sizeof *out->msgs);
+    for (size_t k = 0; k < json_array_size(list); k++) {
+        json_t *o = json_array_get(list, k);
+        out->n = k + 1; /* so that api_publish_free frees what was parsed */
+        if (!json_is_object(o)) {
+            fail(err, 400, "each of messages must be an object");
             goto out;
         }
-        if (set_channel(out->channel, have_channel, json_string_value(ch), json_string_length(ch),
-                        err) < 0)
+        if (parse_json_msg(o, lim, channel, have_channel, &out->msgs[k], err) < 0)
             goto out;
     }
-    size_t n = json_string_length(content);
-    if (check_content(json_string_value(content), n, lim, err) < 0)
-        goto out;
-    out->content = xstrndup(json_string_value(content), n);
-    out->content_len = n;
     rc = 0;
 out:
     json_decref(root);
@@ -284,7 +316,8 @@ int api_parse_publish(const api_http *in, const api_limits *lim, api_publish *ou
         return -1;
     }
     bool have_channel = false;
-    if (query_channel(in->query, out->channel, &have_channel, err) < 0)
+    char channel[PW_CHANNEL_MAX + 1] = "default";
+    if (query_channel(in->query, channel, &have_channel, err) < 0)
         return -1;
     if (in->idempotency_key && in->idempotency_key[0]) {
         if (!idem_key_valid(in->idempotency_key))
@@ -293,10 +326,13 @@ int api_parse_publish(const api_http *in, const api_limits *lim, api_publish *ou
     }
     int kind = media_type(in->content_type);
     int rc;
-    if (kind == 1)
-        rc = parse_form_body(in, lim, out, &have_channel, err);
-    else if (kind == 2)
-        rc = parse_json_body(in, lim, out, &have_channel, err);
+    if (kind == 1) {
+        out->msgs = xcalloc(1, sizeof *out->msgs);
+        out->n = 1;
+        strcpy(out->msgs[0].channel, channel);
+        rc = parse_form_body(in, lim, &out->msgs[0], &have_channel, err);
+    } else if (kind == 2)
+        rc = parse_json_body(in, lim, out, channel, have_channel, err);
     else if (kind < 0)
         rc = fail(err, 415, "unsupported charset: only utf-8");
     else
@@ -307,16 +343,26 @@ int api_parse_publish(const api_http *in, const api_limits *lim, api_publish *ou
         api_publish_free(out);
         return -1;
     }
-    if (!have_channel)
-        strcpy(out->channel, "default");
     return 0;
 }
 
 void api_publish_free(api_publish *p)
 {
-    free(p->content);
-    p->content = NULL;
-    p->content_len = 0;
+    for (size_t i = 0; i < p->n; i++)
+        free(p->msgs[i].content);
+    free(p->msgs);
+    p->msgs = NULL;
+    p->n = 0;
+}
+
+void api_publish_idem_key(const api_publish *p, size_t i, char *out, size_t cap)
+{
+    if (!p->idem_key[0])
+        snprintf(out, cap, "%s", "");
+    else if (p->batch)
+        snprintf(out, cap, "%s#%zu", p->idem_key, i);
+    else
+        snprintf(out, cap, "%s", p->idem_key);
 }
 
 static bool epoch_valid(const char *s, size_t n)

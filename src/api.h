@@ -49,12 +49,29 @@ typedef struct api_error {
     const char *allow;   /* for 405: the Allow header value */
 } api_error;
 
-typedef struct api_publish {
+/* One message of a publish. */
+typedef struct api_msg {
     char channel[PW_CHANNEL_MAX + 1];
-    char *content; /* decoded, malloc'ed, owned by the struct: api_publish_free */
+    char *content; /* decoded, malloc'ed, owned by the api_publish */
     size_t content_len;
+} api_msg;
+
+/* Messages of one POST /chat request in one batch: always at least one.
+ * Form bodies and {"content": ...} are one message; {"messages": [...]} is
+ * 1..API_BATCH_MAX of them (batch set: the answer is {"results": [...]}),
+ * kept in the order given (one channel's messages get ascending ids in
+ * that order). */
+#define API_BATCH_MAX 1000
+typedef struct api_publish {
+    api_msg *msgs; /* n of them, malloc'ed: api_publish_free */
+    size_t n;
+    bool batch;
     char idem_key[PW_IDEM_KEY_MAX + 1]; /* "" when absent */
 } api_publish;
+
+/* The Idempotency-Key of message i: the request's key for a single
+ * message, KEY#i in a batch (a retried batch publishes none twice). */
+void api_publish_idem_key(const api_publish *p, size_t i, char *out, size_t cap);
 
 /* One channel of a subscribe request and where the client stands in it. */
 typedef struct api_chan {

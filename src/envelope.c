@@ -101,7 +101,7 @@ void env_status(buf *b, const char *channel, const char *epoch, pw_msg *const *m
     buf_putc(b, '}');
 }
 
-void env_publish_ok(buf *b, uint64_t id, const char *channel, const char *epoch)
+static void put_publish_ok(buf *b, uint64_t id, const char *channel, const char *epoch)
 {
     buf_puts(b, "{\"id\":");
     buf_put_u64(b, id);
@@ -109,7 +109,31 @@ void env_publish_ok(buf *b, uint64_t id, const char *channel, const char *epoch)
     put_field_str(b, "channel", channel);
     buf_putc(b, ',');
     put_field_str(b, "epoch", epoch);
-    buf_puts(b, "}\n");
+    buf_putc(b, '}');
+}
+
+void env_publish_ok(buf *b, uint64_t id, const char *channel, const char *epoch)
+{
+    put_publish_ok(b, id, channel, epoch);
+    buf_putc(b, '\n');
+}
+
+void env_publish_results(buf *b, const env_pub_result *r, size_t n)
+{
+    buf_puts(b, "{\"results\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            buf_putc(b, ',');
+        if (r[i].error) {
+            buf_putc(b, '{');
+            put_field_str(b, "channel", r[i].channel);
+            buf_puts(b, ",\"error\":");
+            env_json_string(b, r[i].error, strlen(r[i].error));
+            buf_putc(b, '}');
+        } else
+            put_publish_ok(b, r[i].id, r[i].channel, r[i].epoch);
+    }
+    buf_puts(b, "]}\n");
 }
 
 void env_error(buf *b, const char *msg)

@@ -42,6 +42,17 @@ void env_status(buf *b, const char *channel, const char *epoch, pw_msg *const *m
 /* {"id":ID,"channel":C,"epoch":E} */
 void env_publish_ok(buf *b, uint64_t id, const char *channel, const char *epoch);
 
+/* The answer to a batch publish: {"results":[R,...]}\n with R the object
+ * env_publish_ok writes (no newline) for a stored message, or
+ * {"channel":C,"error":MSG} for one that was not. */
+typedef struct env_pub_result {
+    const char *channel;
+    const char *error; /* NULL: stored as id in epoch */
+    uint64_t id;
+    const char *epoch;
+} env_pub_result;
+void env_publish_results(buf *b, const env_pub_result *r, size_t n);
+
 /* {"error":MSG} ; msg is escaped. */
 void env_error(buf *b, const char *msg);
 

@@ -61,7 +61,7 @@ typedef struct req {
     bool no_wait;      /* answer as soon as the poll is up to date (timeout=0, stopping, late) */
     bool late;         /* past its timeout, waiting for the hub to confirm it is up to date */
     bool sse_head;     /* EventSource headers not sent yet (start point not fixed) */
-    char *pub_channel; /* publish, channel info: for the answer */
+    char *pub_channel; /* channel info: for the answer */
     struct list_access *list; /* GET /channels: who asks */
 } req;
 
@@ -735,29 +735,90 @@ static void handle_poll(req *r, const api_http *http)
     subscribe_all(r, &p);
 }
 
+/* One POST /chat in flight: every message of it sent to Redis one after
+ * the other (pipelined on the channel's node connection, so one channel's
+ * messages keep their order), answered once the last one is back. Each
+ * message sent holds the connection (conn_hold); the last callback answers
+ * (unless the client left) and frees this. */
+typedef struct pub_item {
+    struct pub_state *ps;
+    char channel[PW_CHANNEL_MAX + 1];
+    char epoch[PW_EPOCH_MAX + 1];
+    uint64_t id;
+    int err; /* BROKER_OK, or why it was not stored */
+} pub_item;
+
+typedef struct pub_state {
+    req *r;
+    size_t n, pending;
+    bool batch;
+    pub_item items[];
+} pub_state;
+
+static const char *pub_errmsg(int err)
+{
+    return err == BROKER_EUNAVAIL ? "Redis is unreachable; retry with the same Idempotency-Key"
+                                  : "Redis refused the message; retry later";
+}
+
+static void publish_answer(pub_state *ps)
+{
+    req *r = ps->r;
+    int failed = 0;
+    for (size_t i = 0; i < ps->n; i++)
+        if (ps->items[i].err && !failed)
+            failed = ps->items[i].err;
+    if (!ps->batch) {
+        if (failed) {
+            req_unavailable(r, pub_errmsg(failed));
+            return;
+        }
+        buf body = BUF_INIT;
+        env_publish_ok(&body, ps->items[0].id, ps->items[0].channel, ps->items[0].epoch);
+        req_json(r, 200, &body, NULL);
+        buf_free(&body);
+        return;
+    }
+    env_pub_result *res = xcalloc(ps->n, sizeof *res);
+    for (size_t i = 0; i < ps->n; i++) {
+        const pub_item *it = &ps->items[i];
+        res[i] = (env_pub_result){.channel = it->channel, .error = it->err ? pub_errmsg(it->err) : NULL,
+                                  .id = it->id, .epoch = it->epoch};
+    }
+    buf body = BUF_INIT;
+    env_publish_results(&body, res, ps->n);
+    free(res);
+    if (failed) { /* some stored, some not: the results say which; a retry with the key repeats none */
+        char extra[64];
+        unsigned secs = W.b ? (broker_retry_after_ms(W.b) + 999) / 1000 : 1;
+        snprintf(extra, sizeof extra, "Retry-After: %u\r\n", secs ? secs : 1);
+        req_json(r, 503, &body, extra);
+    } else
+        req_json(r, 200, &body, NULL);
+    buf_free(&body);
+}
+
 static void publish_done(void *arg, const broker_pub_result *res)
 {
-    req *r = arg;
-    if (conn_is_closed(&r->c)) {
-        conn_release(&r->c); /* the client left; nothing to answer */
-        return;
-    }
-    if (res->err) {
+    pub_item *it = arg;
+    pub_state *ps = it->ps;
+    req *r = ps->r;
+    it->err = res->err;
+    if (res->err)
         W.st.publishes_failed++;
-        req_unavailable(r, res->err == BROKER_EUNAVAIL ? "Redis is unreachable; retry with the "
-                                                         "same Idempotency-Key"
-                                                       : "Redis refused the message; retry later");
-        conn_release(&r->c);
-        return;
+    else {
+        it->id = res->id;
+        snprintf(it->epoch, sizeof it->epoch, "%s", res->epoch);
+        if (res->duplicate)
+            W.st.publishes_dup++;
+        else
+            W.st.publishes_ok++;
     }
-    if (res->duplicate)
-        W.st.publishes_dup++;
-    else
-        W.st.publishes_ok++;
-    buf body = BUF_INIT;
-    env_publish_ok(&body, res->id, r->pub_channel, res->epoch);
-    req_json(r, 200, &body, NULL);
-    buf_free(&body);
+    if (--ps->pending == 0) {
+        if (!conn_is_closed(&r->c)) /* else the client left; nothing to answer */
+            publish_answer(ps);
+        free(ps);
+    }
     conn_release(&r->c);
 }
 
@@ -792,32 +853,60 @@ static void handle_publish(req *r, const api_http *http, bool too_large)
         req_error(r, err.status, err.message, err.allow ? "Allow: POST\r\n" : NULL);
         return;
     }
-    auth_error ae;
-    if (auth_check_publish(cfg.c.auth, p.channel, cfg.publish_token, cfg.publish_requires_token,
-                           http->authorization, http->query, http->cookie, auth_now(), &ae) < 0) {
-        api_publish_free(&p);
-        W.st.auth_refused++;
-        req_error(r, ae.status, ae.message, ae.status == 401 ? WWW_AUTHENTICATE : NULL);
-        return;
+    /* Every channel of a batch is authorized before anything is stored. */
+    for (size_t i = 0; i < p.n; i++) {
+        if (i && !strcmp(p.msgs[i].channel, p.msgs[i - 1].channel))
+            continue;
+        auth_error ae;
+        if (auth_check_publish(cfg.c.auth, p.msgs[i].channel, cfg.publish_token,
+                               cfg.publish_requires_token, http->authorization, http->query,
+                               http->cookie, auth_now(), &ae) < 0) {
+            api_publish_free(&p);
+            W.st.auth_refused++;
+            req_error(r, ae.status, ae.message, ae.status == 401 ? WWW_AUTHENTICATE : NULL);
+            return;
+        }
     }
     if (W.d.stopping) {
         api_publish_free(&p);
         req_unavailable(r, "server is shutting down");
         return;
     }
-    buf json = BUF_INIT;
-    env_json_string(&json, p.content, p.content_len);
+    pub_state *ps = xcalloc(1, sizeof *ps + p.n * sizeof(pub_item));
+    ps->r = r;
+    ps->n = p.n;
+    ps->batch = p.batch;
     r->kind = K_PUBLISH;
-    r->pub_channel = xstrndup(p.channel, strlen(p.channel));
-    int rc = broker_publish(W.b, p.channel, json.data, json.len, p.idem_key[0] ? p.idem_key : NULL,
-                            publish_done, r);
-    buf_free(&json);
+    bool unready = false;
+    for (size_t i = 0; i < p.n; i++) {
+        pub_item *it = &ps->items[i];
+        it->ps = ps;
+        strcpy(it->channel, p.msgs[i].channel);
+        if (unready) { /* Redis went away mid-batch: the rest is not sent */
+            it->err = BROKER_EUNAVAIL;
+            W.st.publishes_failed++;
+            continue;
+        }
+        char key[PW_IDEM_KEY_MAX + 16];
+        api_publish_idem_key(&p, i, key, sizeof key);
+        buf json = BUF_INIT;
+        env_json_string(&json, p.msgs[i].content, p.msgs[i].content_len);
+        int rc = broker_publish(W.b, it->channel, json.data, json.len, key[0] ? key : NULL,
+                                publish_done, it);
+        buf_free(&json);
+        if (rc == 0) {
+            ps->pending++;
+            conn_hold(&r->c); /* publish_done releases it */
+        } else {
+            it->err = BROKER_EUNAVAIL;
+            W.st.publishes_failed++;
+            unready = true;
+        }
+    }
     api_publish_free(&p);
-    if (rc == 0)
-        conn_hold(&r->c); /* publish_done releases it */
-    if (rc < 0) {
-        W.st.publishes_failed++;
-        req_unavailable(r, "Redis is unreachable; retry with the same Idempotency-Key");
+    if (ps->pending == 0) { /* nothing was sent */
+        publish_answer(ps);
+        free(ps);
     }
 }
 

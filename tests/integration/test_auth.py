@@ -673,6 +673,30 @@ def test_publish_to_private_channel_needs_a_publish_grant(main):
                                 "granted in the cookie", "json body"]
 
 
+def test_batch_is_authorized_for_every_channel_before_anything_is_stored(main):
+    s, open_ch, ch = main.s, public_channel(), private_channel()
+    body = json.dumps({"messages": [{"channel": open_ch, "content": "open"},
+                                    {"channel": ch, "content": "private"}]}).encode()
+
+    def post(token=None):
+        hdrs = {"Content-Type": "application/json"}
+        if token:
+            hdrs["Authorization"] = "Bearer " + token
+        st, h, b = s.request("POST", "/chat", body, hdrs)
+        return st, json.loads(b)
+    st, doc = post()
+    assert st == 401 and doc["error"], doc
+    st, doc = post(main.token(pub=[open_ch]))
+    assert st == 403, doc
+    # a token offered must grant every channel, the public one too
+    st, doc = post(main.token(pub=[ch]))
+    assert st == 403, doc
+    assert main.history(open_ch) == [] and main.history(ch) == []
+    st, doc = post(main.token(pub=[ch, open_ch]))
+    assert st == 200 and [r["channel"] for r in doc["results"]] == [open_ch, ch], doc
+    assert main.history(open_ch) == ["open"] and main.history(ch) == ["private"]
+
+
 @pytest.mark.parametrize("where", ["header", "query", "cookie"])
 @pytest.mark.parametrize("case", ["malformed", "forged", "expired", "alg none"])
 def test_publish_with_invalid_token_is_401(main, case, where):

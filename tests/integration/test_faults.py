@@ -59,6 +59,13 @@ def test_outage_gives_503_with_retry_after_and_recovers_by_itself(fresh_stack):
     st, h, b = s.request("POST", "/chat", b"content=x",
                          {"Content-Type": "application/x-www-form-urlencoded"})
     assert st == 503 and int(h["Retry-After"]) >= 1 and json.loads(b)["error"]
+    # A batch: every message says it was not stored.
+    st, h, b = s.request("POST", "/chat", json.dumps({"messages": [
+        {"channel": ch, "content": "a"}, {"channel": ch + "x", "content": "b"}]}).encode(),
+        {"Content-Type": "application/json"})
+    res = json.loads(b)["results"]
+    assert st == 503 and int(h["Retry-After"]) >= 1, (st, b)
+    assert [r["channel"] for r in res] == [ch, ch + "x"] and all(r["error"] and "id" not in r for r in res)
     # A poll that cannot be answered at its timeout gets 503 too.
     st, h, b = s.get("/status?timeout=1&channel=" + ch)
     assert st == 503 and "Retry-After" in h

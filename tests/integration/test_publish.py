@@ -1,11 +1,12 @@
 """POST /chat through nginx: bodies, channels, limits, errors, idempotency."""
 import json
+import time
 import urllib.parse
 import uuid
 
 import pytest
 
-from stack import unique_channel
+from stack import Poller, unique_channel
 
 MAX = 65536
 
@@ -283,3 +284,96 @@ def test_oversized_request_heads_get_json_errors(stack, what):
     assert status in (414, 431), head
     assert b"content-type: application/json" in head.lower(), head
     assert json.loads(body)["error"]
+
+
+# ---- batches: {"messages": [...]} ---------------------------------------------------
+
+def batch(stack, msgs, query="", idem=None):
+    hdrs = {"Content-Type": "application/json"}
+    if idem:
+        hdrs["Idempotency-Key"] = idem
+    st, h, b = stack.request("POST", "/chat" + query, json.dumps({"messages": msgs}).encode(), hdrs)
+    return st, h, json.loads(b)
+
+
+def test_batch_publish_stores_each_in_order_and_answers_each(stack):
+    a, b = unique_channel("ba"), unique_channel("bb")
+    msgs = [{"channel": a, "content": "a1"}, {"channel": b, "content": "b1"},
+            {"channel": a, "content": "a2 \u00e9"}, {"channel": b, "content": "b2"},
+            {"channel": a, "content": "a3"}]
+    st, h, doc = batch(stack, msgs)
+    assert st == 200, doc
+    res = doc["results"]
+    assert [(r["channel"], r["id"]) for r in res] == [(a, 1), (b, 1), (a, 2), (b, 2), (a, 3)]
+    assert res[0]["epoch"] == res[2]["epoch"] == res[4]["epoch"] and res[1]["epoch"] == res[3]["epoch"]
+    assert [m["content"] for m in history(stack, a)["messages"]] == ["a1", "a2 \u00e9", "a3"]
+    assert [m["content"] for m in history(stack, b)["messages"]] == ["b1", "b2"]
+    # The query's channel is the items' default; one message in a list is still a batch.
+    st, h, doc = batch(stack, [{"content": "q"}], query="?channel=" + b)
+    assert st == 200 and doc["results"] == [{"id": 3, "channel": b, "epoch": res[1]["epoch"]}]
+
+
+def test_batch_is_delivered_to_a_waiting_subscriber_in_order(stack):
+    ch = unique_channel("bw")
+    stack.publish("before", channel=ch)
+    bg = Poller(stack, channel=ch, since=1, timeout=10)
+    bg.start()
+    time.sleep(0.3)
+    st, h, doc = batch(stack, [{"channel": ch, "content": "m%d" % i} for i in range(50)])
+    assert st == 200 and [r["id"] for r in doc["results"]] == list(range(2, 52))
+    bg.join(15)
+    st, got, _ = bg.result
+    assert st == 200
+    seen = [m["content"] for m in got["messages"]]
+    # The waiting poll gets what had arrived when it was answered, in order,
+    # and nothing is missing afterwards.
+    assert seen == ["m%d" % i for i in range(len(seen))] and seen
+    rest = history(stack, ch)["messages"]
+    assert [m["content"] for m in rest] == ["before"] + ["m%d" % i for i in range(50)]
+
+
+def test_batch_retried_with_its_key_publishes_none_twice(stack):
+    a, b = unique_channel("bi"), unique_channel("bj")
+    key = uuid.uuid4().hex
+    msgs = [{"channel": a, "content": "x"}, {"channel": a, "content": "x"}, {"channel": b, "content": "y"}]
+    st1, _, d1 = batch(stack, msgs, idem=key)
+    st2, _, d2 = batch(stack, msgs, idem=key)
+    assert st1 == st2 == 200 and d1 == d2, (d1, d2)
+    assert [r["id"] for r in d1["results"]] == [1, 2, 1]
+    assert len(history(stack, a)["messages"]) == 2 and len(history(stack, b)["messages"]) == 1
+    # The request's key stands for the batch: a single publish with it is another message.
+    st, d = stack.publish("single", channel=a, idem=key)
+    assert st == 200 and d["id"] == 3
+
+
+@pytest.mark.parametrize("bad", [
+    [{"content": "ok"}, {"content": 5}],
+    [{"content": "ok"}, {"channel": "x"}],
+    [{"content": "ok"}, {"content": "ok", "channel": "bad/name"}],
+    [{"content": "ok"}, "not an object"],
+    [{"content": "ok"}, {"content": "x" * (MAX + 1)}],
+    [],
+])
+def test_a_bad_item_refuses_the_whole_batch(stack, bad):
+    ch = unique_channel("bx")
+    for m in bad:
+        if isinstance(m, dict) and "channel" not in m:
+            m["channel"] = ch
+    st, h, doc = batch(stack, bad)
+    assert st in (400, 413) and doc["error"], doc
+    assert history(stack, ch)["messages"] == []
+
+
+def test_batch_limits(stack):
+    ch = unique_channel("bl")
+    st, h, doc = batch(stack, [{"channel": ch, "content": "m"}] * 1001)
+    assert st == 400 and "1000" in doc["error"]
+    st, h, doc = batch(stack, [{"channel": ch, "content": "m"}] * 1000)
+    assert st == 200 and doc["results"][-1]["id"] == 1000
+    # content and channel belong to the items
+    st, h, b = stack.request("POST", "/chat", json.dumps({"messages": [{"content": "a"}], "content": "b"}).encode(),
+                             {"Content-Type": "application/json"})
+    assert st == 400
+    # the whole body is bounded like any publish's
+    st, h, doc = batch(stack, [{"channel": ch, "content": "x" * MAX}] * 8)
+    assert st == 413, doc

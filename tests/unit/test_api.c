@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "buf.h"
 
 static const api_limits LIM = {.max_content = 16, .default_timeout = 30, .max_timeout = 60};
 
@@ -131,14 +132,16 @@ static void pub_ok(const req *r, const char *content, size_t content_len, const 
     int rc = publish(r, &LIM, &p, &err);
     if (rc != 0)
         fail_msg("refused with %d: %s", err.status, err.message);
-    assert_int_equal(p.content_len, content_len);
-    assert_non_null(p.content);
-    assert_memory_equal(p.content, content, content_len);
-    assert_int_equal(p.content[content_len], '\0');
-    assert_string_equal(p.channel, channel);
+    assert_int_equal(p.n, 1);
+    assert_false(p.batch);
+    assert_int_equal(p.msgs[0].content_len, content_len);
+    assert_non_null(p.msgs[0].content);
+    assert_memory_equal(p.msgs[0].content, content, content_len);
+    assert_int_equal(p.msgs[0].content[content_len], '\0');
+    assert_string_equal(p.msgs[0].channel, channel);
     api_publish_free(&p);
-    assert_null(p.content);
-    assert_int_equal(p.content_len, 0);
+    assert_null(p.msgs);
+    assert_int_equal(p.n, 0);
 }
 
 /* Expect a refusal with this status; nothing may be left to free. */
@@ -149,10 +152,11 @@ static void pub_fail_lim(const req *r, const api_limits *lim, int status)
     int rc = publish(r, lim, &p, &err);
     if (rc != -1 || err.status != status)
         fail_msg("got rc %d status %d (%s), want status %d", rc, rc ? err.status : 200,
-                 rc ? err.message : p.content, status);
+                 rc ? err.message : p.msgs[0].content, status);
     assert_non_null(err.message);
     assert_true(strlen(err.message) > 0);
-    assert_null(p.content);
+    assert_null(p.msgs);
+    assert_int_equal(p.n, 0);
     if (status == 405)
         assert_string_equal(err.allow, "POST");
     else
@@ -265,7 +269,7 @@ static void test_publish_method(void **state)
     assert_int_equal(api_parse_publish(&in, &LIM, &p, &err), -1);
     assert_int_equal(err.status, 405);
     assert_string_equal(err.allow, "POST");
-    assert_null(p.content);
+    assert_null(p.msgs);
 }
 
 static void test_publish_missing_or_twice(void **state)
@@ -443,6 +447,85 @@ static void test_publish_channel(void **state)
            "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc");
     /* The channel is checked even when the content is refused later. */
     pub_fail(&(req){.query = "channel=bad!", .ct = "text/plain"}, 400);
+}
+
+/* {"messages":[...]}: every item checked, in order, channels per item
+ * (the query's as the default); anything wrong refuses the whole batch. */
+static void test_publish_batch(void **state)
+{
+    (void)state;
+    api_publish p;
+    api_error err;
+    req r = {.ct = JSON, .query = "channel=q",
+             .body = "{\"messages\":[{\"content\":\"a\"},{\"content\":\"b\",\"channel\":\"q\"},"
+                     "{\"content\":\"\\u00e9\"}]}"};
+    assert_int_equal(publish(&r, &LIM, &p, &err), 0);
+    assert_true(p.batch);
+    assert_int_equal(p.n, 3);
+    assert_string_equal(p.msgs[0].content, "a");
+    assert_string_equal(p.msgs[1].content, "b");
+    assert_string_equal(p.msgs[2].content, "\xc3\xa9");
+    assert_int_equal(p.msgs[2].content_len, 2);
+    for (size_t i = 0; i < 3; i++)
+        assert_string_equal(p.msgs[i].channel, "q");
+    api_publish_free(&p);
+    assert_null(p.msgs);
+
+    r = (req){.ct = JSON, .body = "{\"messages\":[{\"content\":\"x\",\"channel\":\"a\"},"
+                                  "{\"content\":\"y\",\"channel\":\"b\"},{\"content\":\"z\"}]}"};
+    assert_int_equal(publish(&r, &LIM, &p, &err), 0);
+    assert_string_equal(p.msgs[0].channel, "a");
+    assert_string_equal(p.msgs[1].channel, "b");
+    assert_string_equal(p.msgs[2].channel, "default");
+    char key[PW_IDEM_KEY_MAX + 16];
+    api_publish_idem_key(&p, 1, key, sizeof key);
+    assert_string_equal(key, "");
+    strcpy(p.idem_key, "k1");
+    api_publish_idem_key(&p, 1, key, sizeof key);
+    assert_string_equal(key, "k1#1");
+    api_publish_free(&p);
+
+    /* One message: the key is the request's own. */
+    r = (req){.ct = JSON, .body = "{\"content\":\"x\"}", .idem = "k2"};
+    assert_int_equal(publish(&r, &LIM, &p, &err), 0);
+    api_publish_idem_key(&p, 0, key, sizeof key);
+    assert_string_equal(key, "k2");
+    api_publish_free(&p);
+
+    /* A channel that differs from the query's, a bad item anywhere, the
+     * wrong shapes, and too many: nothing is kept. */
+    pub_fail(&(req){.ct = JSON, .query = "channel=q", .body = "{\"messages\":[{\"content\":\"x\",\"channel\":\"r\"}]}"},
+             400);
+    pub_fail(&(req){.ct = JSON, .body = "{\"messages\":[{\"content\":\"x\"},{\"content\":1}]}"}, 400);
+    pub_fail(&(req){.ct = JSON, .body = "{\"messages\":[{\"content\":\"x\"},{\"channel\":\"a\"}]}"}, 400);
+    pub_fail(&(req){.ct = JSON, .body = "{\"messages\":[{\"content\":\"x\"},{\"content\":\"y\",\"channel\":\"a/b\"}]}"},
+             400);
+    pub_fail(&(req){.ct = JSON, .body = "{\"messages\":[{\"content\":\"x\"},\"y\"]}"}, 400);
+    pub_fail(&(req){.ct = JSON, .body = "{\"messages\":[]}"}, 400);
+    pub_fail(&(req){.ct = JSON, .body = "{\"messages\":{\"content\":\"x\"}}"}, 400);
+    pub_fail(&(req){.ct = JSON, .body = "{\"messages\":[{\"content\":\"x\"}],\"content\":\"y\"}"}, 400);
+    pub_fail(&(req){.ct = JSON, .body = "{\"messages\":[{\"content\":\"x\"}],\"channel\":\"a\"}"}, 400);
+    pub_fail(&(req){.ct = JSON, .body = "{\"messages\":[{\"content\":\"x\"},{\"content\":\"a\\u0000b\"}]}"}, 400);
+    buf big = BUF_INIT;
+    buf_puts(&big, "{\"messages\":[");
+    for (int i = 0; i <= API_BATCH_MAX; i++)
+        buf_puts(&big, i ? ",{\"content\":\"x\"}" : "{\"content\":\"x\"}");
+    buf_puts(&big, "]}");
+    buf_putc(&big, '\0');
+    pub_fail(&(req){.ct = JSON, .body = big.data}, 400);
+    /* exactly API_BATCH_MAX is fine */
+    big.len -= 2 + 1 + 16; /* drop one item, "]}" and the NUL */
+    buf_puts(&big, "]}");
+    buf_putc(&big, '\0');
+    assert_int_equal(publish(&(req){.ct = JSON, .body = big.data}, &LIM, &p, &err), 0);
+    assert_int_equal(p.n, API_BATCH_MAX);
+    api_publish_free(&p);
+    buf_free(&big);
+    /* each item's content is bounded as a single one */
+    api_limits small = LIM;
+    small.max_content = 3;
+    pub_fail_lim(&(req){.ct = JSON, .body = "{\"messages\":[{\"content\":\"abc\"},{\"content\":\"abcd\"}]}"}, &small,
+                 413);
 }
 
 static void test_publish_idempotency_key(void **state)
@@ -865,6 +948,7 @@ int main(void)
         cmocka_unit_test(test_publish_size),
         cmocka_unit_test(test_publish_channel),
         cmocka_unit_test(test_publish_idempotency_key),
+        cmocka_unit_test(test_publish_batch),
         cmocka_unit_test(test_publish_failure_after_alloc),
         cmocka_unit_test(test_poll_defaults),
         cmocka_unit_test(test_poll_method),

@@ -333,6 +333,18 @@ static void test_publish_ok_and_error(void **state)
     env_publish_ok(&b, 0, "c", "e");
     expect_buf(&b, "{\"id\":0,\"channel\":\"c\",\"epoch\":\"e\"}\n");
     buf_reset(&b);
+    env_pub_result res[3] = {{.channel = "a", .id = 7, .epoch = "E1"},
+                             {.channel = "b", .error = "Redis is \"down\""},
+                             {.channel = "a", .id = 8, .epoch = "E1"}};
+    env_publish_results(&b, res, 3);
+    expect_buf(&b, "{\"results\":[{\"id\":7,\"channel\":\"a\",\"epoch\":\"E1\"},"
+                   "{\"channel\":\"b\",\"error\":\"Redis is \\\"down\\\"\"},"
+                   "{\"id\":8,\"channel\":\"a\",\"epoch\":\"E1\"}]}\n");
+    expect_json_object(&b);
+    buf_reset(&b);
+    env_publish_results(&b, res, 1);
+    expect_buf(&b, "{\"results\":[{\"id\":7,\"channel\":\"a\",\"epoch\":\"E1\"}]}\n");
+    buf_reset(&b);
     env_error(&b, "missing field: content");
     expect_buf(&b, "{\"error\":\"missing field: content\"}\n");
     buf_reset(&b);
