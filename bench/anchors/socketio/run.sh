@@ -14,16 +14,9 @@ cmd=${1:?start|stop} port=${2:?PORT} workers=${3:-2}
 dir=/tmp/socketio-anchor-$port
 here=$(cd "$(dirname "$0")" && pwd)
 
-stop() {
-    for f in "$dir/server.pid" "$dir/redis.pid"; do
-        [ -f "$f" ] || continue
-        pid=$(cat "$f")
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        rm -f "$f"
-    done
-}
+# shellcheck source=bench/anchors/pidfiles.sh
+. "$here/../pidfiles.sh"
+stop() { stop_pidfiles "$dir/server.pid" "$dir/redis.pid"; }
 
 up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
