@@ -261,11 +261,17 @@ static void req_error(req *r, int status, const char *msg, const char *extra)
     buf_free(&body);
 }
 
+/* The Retry-After header line of a 503: when the broker expects Redis back. */
+static void retry_after(char *extra, size_t cap)
+{
+    unsigned secs = W.b ? (broker_retry_after_ms(W.b) + 999) / 1000 : 1;
+    snprintf(extra, cap, "Retry-After: %u\r\n", secs ? secs : 1);
+}
+
 static void req_unavailable(req *r, const char *msg)
 {
     char extra[64];
-    unsigned secs = W.b ? (broker_retry_after_ms(W.b) + 999) / 1000 : 1;
-    snprintf(extra, sizeof extra, "Retry-After: %u\r\n", secs ? secs : 1);
+    retry_after(extra, sizeof extra);
     req_error(r, 503, msg, extra);
 }
 
@@ -790,8 +796,7 @@ static void publish_answer(pub_state *ps)
     free(res);
     if (failed) { /* some stored, some not: the results say which; a retry with the key repeats none */
         char extra[64];
-        unsigned secs = W.b ? (broker_retry_after_ms(W.b) + 999) / 1000 : 1;
-        snprintf(extra, sizeof extra, "Retry-After: %u\r\n", secs ? secs : 1);
+        retry_after(extra, sizeof extra);
         req_json(r, 503, &body, extra);
     } else
         req_json(r, 200, &body, NULL);
@@ -877,32 +882,29 @@ static void handle_publish(req *r, const api_http *http, bool too_large)
     ps->n = p.n;
     ps->batch = p.batch;
     r->kind = K_PUBLISH;
-    bool unready = false;
+    bool unready = false; /* once Redis refuses one, the rest is not sent */
+    buf json = BUF_INIT;
     for (size_t i = 0; i < p.n; i++) {
         pub_item *it = &ps->items[i];
         it->ps = ps;
         strcpy(it->channel, p.msgs[i].channel);
-        if (unready) { /* Redis went away mid-batch: the rest is not sent */
+        if (!unready) {
+            char key[PW_IDEM_KEY_MAX + 16];
+            api_publish_idem_key(&p, i, key, sizeof key);
+            buf_reset(&json);
+            env_json_string(&json, p.msgs[i].content, p.msgs[i].content_len);
+            unready = broker_publish(W.b, it->channel, json.data, json.len, key[0] ? key : NULL,
+                                     publish_done, it) < 0;
+        }
+        if (unready) {
             it->err = BROKER_EUNAVAIL;
             W.st.publishes_failed++;
-            continue;
-        }
-        char key[PW_IDEM_KEY_MAX + 16];
-        api_publish_idem_key(&p, i, key, sizeof key);
-        buf json = BUF_INIT;
-        env_json_string(&json, p.msgs[i].content, p.msgs[i].content_len);
-        int rc = broker_publish(W.b, it->channel, json.data, json.len, key[0] ? key : NULL,
-                                publish_done, it);
-        buf_free(&json);
-        if (rc == 0) {
+        } else {
             ps->pending++;
             conn_hold(&r->c); /* publish_done releases it */
-        } else {
-            it->err = BROKER_EUNAVAIL;
-            W.st.publishes_failed++;
-            unready = true;
         }
     }
+    buf_free(&json);
     api_publish_free(&p);
     if (ps->pending == 0) { /* nothing was sent */
         publish_answer(ps);

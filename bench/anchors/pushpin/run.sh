@@ -22,8 +22,8 @@ cmd=${1:?start|stop} port=${2:?PORT}
 dir=/tmp/pushpin-anchor-$port
 here=$(cd "$(dirname "$0")" && pwd)
 
-# shellcheck source=bench/anchors/pidfiles.sh
-. "$here/../pidfiles.sh"
+# shellcheck source=bench/anchors/lib.sh
+. "$here/../lib.sh"
 stop() { stop_pidfiles "$dir/backend.pid" "$dir/pushpin.pid"; }
 
 case $cmd in
@@ -52,10 +52,7 @@ start)
     setsid pushpin --config "$dir/pushpin.conf" --logfile "$dir/log/pushpin.log" > /dev/null 2>&1 < /dev/null &
     echo $! > "$dir/pushpin.pid"
     for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$((port + 1))") 2>/dev/null &&
-           (exec 3<>"/dev/tcp/127.0.0.1/$bport") 2>/dev/null; then
-            exit 0
-        fi
+        listening "$port" "$((port + 1))" "$bport" && exit 0
         sleep 0.1
     done
     echo "pushpin did not start: $(tail -5 "$dir/log/pushpin.log" 2>/dev/null)" >&2

@@ -14,11 +14,9 @@ cmd=${1:?start|stop} port=${2:?PORT} workers=${3:-2}
 dir=/tmp/socketio-anchor-$port
 here=$(cd "$(dirname "$0")" && pwd)
 
-# shellcheck source=bench/anchors/pidfiles.sh
-. "$here/../pidfiles.sh"
+# shellcheck source=bench/anchors/lib.sh
+. "$here/../lib.sh"
 stop() { stop_pidfiles "$dir/server.pid" "$dir/redis.pid"; }
-
-up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 case $cmd in
 start)
@@ -32,12 +30,12 @@ start)
     rm -rf "$dir" && mkdir -p "$dir"
     redis-server --port "$((port + 1))" --bind 127.0.0.1 --save '' --appendonly no \
         --daemonize yes --pidfile "$dir/redis.pid" --dir "$dir" --logfile "$dir/redis.log"
-    for _ in $(seq 50); do up "$((port + 1))" && break; sleep 0.1; done
+    for _ in $(seq 50); do listening "$((port + 1))" && break; sleep 0.1; done
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     setsid node "$here/server.js" "$port" "$((port + 1))" "$workers" > "$dir/server.log" 2>&1 < /dev/null &
     echo $! > "$dir/server.pid"
     for _ in $(seq 100); do
-        up "$port" && exit 0
+        listening "$port" && exit 0
         sleep 0.1
     done
     echo "socket.io did not start: $(tail -5 "$dir/server.log" 2>/dev/null)" >&2
